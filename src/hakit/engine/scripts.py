@@ -16,6 +16,9 @@ use :class:`hakit.testing.fake_scripts.FakeScriptRunner` instead.
   exits on its own is never followed by a kill: ``start_prim`` legitimately leaves the application's
   daemon running in its group, and killing it would stop the service it just started. (A process that
   calls ``setsid`` itself escapes the group; only cgroups could catch it.)
+* **Working directory** is ``SAFEUSERVAR``: it is per module, writable, and survives
+  ``hakit config`` (which replaces the directory behind ``SAFEUSERBIN``), so a daemon started by a
+  script never sits in a deleted directory.
 * **Output.** stdin is ``/dev/null``; stdout and stderr are appended to one file per run,
   ``$SAFEUSERVAR/userlog_<YYYY>_<MM>_<DD>T<hhmmss>_<script>.ulog`` (SafeKit's name, local wall-clock
   time, used for the name only). Two runs of one script within the same second share a file; the
@@ -42,6 +45,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from hakit.config.model import User
 from hakit.errors import UserConfigError
 from hakit.paths import NodePaths
 
@@ -111,19 +115,27 @@ class ScriptRequest:
         next_state: str,
         action: str,
         *,
+        user: User | None = None,
         force: bool = False,
         timeout: float | None = None,
         env: Mapping[str, str] | None = None,
-        logging: UserLogging = UserLogging.USERLOG,
     ) -> ScriptRequest:
-        """A call with SafeKit's arguments; ``force=True`` puts ``force`` before the three."""
+        """A call with SafeKit's arguments; ``force=True`` puts ``force`` before the three.
+
+        ``user`` (the module's ``<user>``) gives the ``<var>`` environment and the logging mode;
+        ``env`` adds to it. The timeout is the caller's choice (``user.nicestoptimeout`` for a
+        graceful stop, ``user.forcestoptimeout`` for the forced one, None for start scripts).
+        """
         args = (current, next_state, action)
+        variables = user.environment() if user is not None else {}
+        variables.update(env or {})
+        logging = UserLogging(user.logging) if user is not None else UserLogging.USERLOG
         return cls(
             module=module,
             script=script,
             args=("force", *args) if force else args,
             timeout=timeout,
-            env=dict(env or {}),
+            env=variables,
             logging=logging,
         )
 
@@ -392,7 +404,11 @@ def _keep_tail(path: Path, limit: int) -> int:
 
 
 def _remove_dangling_links(directory: Path) -> None:
-    for entry in os.scandir(directory):
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
         if entry.name.startswith("last_") and entry.is_symlink() and not Path(entry.path).exists():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
@@ -441,6 +457,7 @@ class SubprocessScriptRunner:
             return refusal
         base = os.environ if self._base_env is None else self._base_env
         env = script_environment(request, self._paths, self._install, base)
+        dirs.uservar.mkdir(parents=True, exist_ok=True)
         log_path, out_fd = self._open_output(request, dirs.uservar)
         started = self._monotonic()
         try:
@@ -451,7 +468,7 @@ class SubprocessScriptRunner:
                 stdout=out_fd,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
-                cwd=str(dirs.userbin),
+                cwd=str(dirs.uservar),
                 start_new_session=True,
             )
         except OSError as exc:
@@ -503,7 +520,6 @@ class SubprocessScriptRunner:
         """The fd scripts write to (a fresh or reused .ulog, or DEVNULL), with the log's path."""
         if request.logging is UserLogging.NONE:
             return None, asyncio.subprocess.DEVNULL
-        uservar.mkdir(parents=True, exist_ok=True)
         now = self._wall()
         path = uservar / userlog_name(request.script, now)
         # 0640: scripts print connection strings and the like; O_APPEND keeps a second run in the
