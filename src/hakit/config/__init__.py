@@ -7,7 +7,9 @@ report always, holding every error and warning with its file, line, element and 
 from __future__ import annotations
 
 from hakit.config.cluster import ClusterConfig, ClusterNode, Lan, load_cluster, parse_cluster
+from hakit.config.model import Mode, UserConfig
 from hakit.config.report import ConfigInvalid, ConfigReport, Issue, Severity
+from hakit.config.userconfig import load_userconfig, parse_userconfig
 
 __all__ = [
     "ClusterConfig",
@@ -16,7 +18,11 @@ __all__ = [
     "ConfigReport",
     "Issue",
     "Lan",
+    "Mode",
     "Severity",
+    "UserConfig",
     "load_cluster",
+    "load_userconfig",
     "parse_cluster",
+    "parse_userconfig",
 ]
