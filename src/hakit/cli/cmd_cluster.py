@@ -115,7 +115,8 @@ def confcheck(file: Path) -> None:
     _, report = load_cluster(file)
     click.echo(report.render())
     if not report.ok:
-        raise click.exceptions.Exit(UserConfigError.exit_code)
+        count = len(report.errors)
+        raise UserConfigError(f"{file} is invalid ({count} error{'s' if count != 1 else ''})")
 
 
 @cluster.command()

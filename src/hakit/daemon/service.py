@@ -136,6 +136,8 @@ class NodeService:
         Raises :class:`~hakit.config.report.ConfigInvalid` or another
         :class:`~hakit.errors.UserConfigError` when the files are invalid (nothing changed then).
         """
+        if self._tg is None:
+            raise RuntimeError("NodeService.attach(task_group) must be called before reload()")
         async with self._lock:
             log.info("loading the cluster configuration (%s)", why)
             try:
@@ -186,8 +188,7 @@ class NodeService:
         return config, load_key(self.paths.cluster_key)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        if self._tg is None:
-            raise RuntimeError("NodeService.attach(task_group) must be called before reload()")
+        assert self._tg is not None  # checked by reload()
         task: asyncio.Task[None] = self._tg.create_task(coro, name="cluster-channel")
         return task
 
