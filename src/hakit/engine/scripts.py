@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Protocol
 
 from hakit.config.model import User
@@ -94,10 +95,12 @@ class ScriptRequest:
     script: str
     args: tuple[str, ...] = ()
     timeout: float | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
     logging: UserLogging = UserLogging.USERLOG
 
     def __post_init__(self) -> None:
+        # A read-only copy: the request is a value, the caller's dict may change afterwards.
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if not _SCRIPT_NAME.match(self.script) or self.script in (".", ".."):
             raise UserConfigError(
                 f"module {self.module}: script name {self.script!r} is not a plain file name of "
@@ -461,6 +464,8 @@ class SubprocessScriptRunner:
         log_path, out_fd = self._open_output(request, dirs.uservar)
         started = self._monotonic()
         try:
+            # Cancelled during the spawn, asyncio itself kills the just-started script (which has
+            # had no time to fork anything yet); from the next line on, cancellation is ours.
             proc = await asyncio.create_subprocess_exec(
                 str(script),
                 *request.args,

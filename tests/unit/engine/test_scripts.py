@@ -391,6 +391,11 @@ def test_requests_from_user_section() -> None:
     )
     assert request.args == ("force", "UP", "WAIT", "stop")
     assert dict(request.env) == {"A": "1", "B": "2"}
+    assert hash(request) == hash(
+        ScriptRequest.transition(MODULE, "stop_both", "UP", "WAIT", "stop", user=user, force=True)
+    )  # a value: usable in sets and as a dict key
+    with pytest.raises(TypeError):
+        request.env["A"] = "changed"  # type: ignore[index]
     assert request.logging is UserLogging.NONE
     assert request.forced(timeout=1).args == request.args  # force is never doubled
     assert request.command_line == "stop_both force UP WAIT stop"
