@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hakit.config.cluster import load_cluster
 from hakit.config.model import UserConfig
 from hakit.config.report import ConfigReport
+from hakit.config.tree import read_tree
 from hakit.config.userconfig import load_userconfig
+from hakit.config.xmlsource import parse_xml
 from hakit.paths import NodePaths
 
 
@@ -40,6 +43,18 @@ def check_module_config(
 
 
 def source_mode(source_dir: Path) -> str | None:
-    """The ``<service mode>`` of a module source, or None when its configuration is unreadable."""
-    config, _ = load_userconfig(source_dir / "conf" / "userconfig.xml")
-    return config.mode.value if config is not None else None
+    """The ``<service mode>`` of a module source, or None when it cannot be read.
+
+    Only the configuration loader's first (schema) pass runs, so a module whose file still has
+    errors, such as a template not filled in yet, shows its mode too.
+    """
+    conf_file = source_dir / "conf" / "userconfig.xml"
+    try:
+        data = conf_file.read_bytes()
+    except OSError:
+        return None
+    report = ConfigReport(file=str(conf_file))
+    document = parse_xml(data, report, root_tag="safe", allow_strays=True)
+    if document is None:
+        return None
+    return read_tree(document, report, os.environ).mode
