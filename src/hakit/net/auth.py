@@ -213,7 +213,7 @@ class Opener:
             return Rejection(Reason.FORGED, "bad MAC (wrong cluster key or altered datagram)")
         try:
             payload = json.loads(body)
-        except ValueError as exc:  # UnicodeDecodeError is a ValueError too
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError too
             return Rejection(Reason.CORRUPTED, f"payload is not JSON: {exc}", sender)
         if not isinstance(payload, dict):
             return Rejection(Reason.CORRUPTED, "payload is not a JSON object", sender)

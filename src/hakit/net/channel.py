@@ -29,6 +29,7 @@ import errno
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,8 +128,11 @@ class ChannelCore:
         verdict = self.opener.open(data)
         if isinstance(verdict, OpenedMessage):
             lan = verdict.payload.get("lan")
-            if verdict.kind == HELLO and (verdict.sender, lan) in self._shared:
-                assert isinstance(lan, str)
+            if (
+                verdict.kind == HELLO
+                and isinstance(lan, str)
+                and (verdict.sender, lan) in self._shared
+            ):
                 self.membership.on_datagram(verdict.sender, lan, now)
             else:
                 # Authentic but not understood: a peer with another cluster.xml or a newer hakit.
@@ -147,18 +151,51 @@ class ChannelCore:
         return self.membership.status(now)
 
 
+class DropReporter:
+    """Turns dropped datagrams into at most one warning per reason per ``interval`` seconds.
+
+    Every drop is counted anyway (the API shows the counters); the log must say that something is
+    wrong (a forger, a node with another key) without letting a flood of junk flood the log too.
+    """
+
+    def __init__(self, clock: Callable[[], float], interval: float = 60.0) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._pending: Counter[str] = Counter()
+
+    def dropped(self, rejection: Rejection, source: str) -> None:
+        """Count one drop from ``source``; log a warning if this reason has been quiet long enough."""
+        reason = rejection.reason.value
+        self._pending[reason] += 1
+        now = self._clock()
+        last = self._last.get(reason)
+        if last is not None and now - last < self._interval:
+            return
+        count, self._pending[reason] = self._pending[reason], 0
+        self._last[reason] = now
+        log.warning(
+            "cluster channel: dropped %d %s datagram(s) (last from %s: %s)%s",
+            count,
+            reason,
+            source,
+            rejection.detail,
+            " -- every node needs the same cluster.key" if reason == "forged" else "",
+        )
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     """One bound UDP socket; hands every datagram straight to the core (no queue, no await)."""
 
-    def __init__(self, core: ChannelCore, clock: Callable[[], float]) -> None:
+    def __init__(self, core: ChannelCore, clock: Callable[[], float], drops: DropReporter) -> None:
         self._core = core
         self._clock = clock
+        self._drops = drops
 
     def datagram_received(self, data: bytes, addr: SockAddr) -> None:
         verdict = self._core.receive(data, self._clock())
         if isinstance(verdict, Rejection):
-            # Debug only: a flood of garbage must not flood the log too (the counters show it).
-            log.debug("dropped datagram from %s: %s (%s)", addr[0], verdict.reason, verdict.detail)
+            self._drops.dropped(verdict, str(addr[0]))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a stopped peer lands here on Linux: expected, not an error.
@@ -184,6 +221,7 @@ class ClusterChannel:
         self._lan_transport: dict[str, asyncio.DatagramTransport] = {}
         self._routes: list[tuple[Route, asyncio.DatagramTransport, SockAddr]] = []
         self.bound: list[tuple[str, int]] = []
+        self._drops = DropReporter(clock)
 
     async def open(self) -> None:
         """Resolve addresses and bind the sockets (:class:`LocalSystemError` if that fails)."""
@@ -256,7 +294,7 @@ class ClusterChannel:
             sock.close()
             raise
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self.core, self.clock), sock=sock
+            lambda: _Endpoint(self.core, self.clock, self._drops), sock=sock
         )
         self.bound.append((host, self.plan.port))
         return transport

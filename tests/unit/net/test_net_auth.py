@@ -239,3 +239,15 @@ def test_bad_key_files_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.key"
     with pytest.raises(UserConfigError, match="hakit cluster genkey"):
         load_key(missing)
+
+
+def test_deeply_nested_payload_is_corrupted_not_a_crash() -> None:
+    sealer = Sealer(KEY, "node1", 1)
+    data = sealer.seal("hello", {})
+    body_at = len(data) - MAC_SIZE - 2
+    head = bytearray(data[:body_at])
+    deep = b"[" * 50000
+    struct.pack_into("!I", head, len(head) - 4, len(deep))
+    crafted = bytes(head) + deep
+    crafted += hmac.new(KEY, crafted, hashlib.sha256).digest()
+    assert reason(opener().open(crafted)) is Reason.CORRUPTED

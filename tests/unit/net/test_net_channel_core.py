@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from hakit.config.cluster import ClusterConfig, parse_cluster
 from hakit.errors import NotFoundError
 from hakit.net.auth import OpenedMessage, Reason, Rejection, Sealer
-from hakit.net.channel import ChannelCore, Route, plan_channel
+from hakit.net.channel import ChannelCore, DropReporter, Route, plan_channel
 from hakit.testing.clock import FakeClock
 from hakit.testing.fakes_net import FakeNetwork, Receiver
 
@@ -189,3 +191,32 @@ def test_forged_and_foreign_datagrams_are_counted() -> None:
         Reason.CORRUPTED,
     ]
     assert core.membership.reachable(0.0) == frozenset()
+
+
+def test_hello_with_a_non_text_lan_is_ignored() -> None:
+    core = ChannelCore(plan_channel(cluster(), "node1"), KEY, incarnation=1)
+    data = Sealer(KEY, "node2", 1).seal("hello", {"lan": ["default"]})
+    assert isinstance(core.receive(data, 0.0), OpenedMessage)
+    assert core.counters()["ignored"] == 1
+
+
+def test_drops_are_logged_at_most_once_per_reason_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    drops = DropReporter(clock, interval=60.0)
+    forged = Rejection(Reason.FORGED, "bad MAC")
+    with caplog.at_level(logging.WARNING, logger="hakit.net.channel"):
+        for _ in range(5):
+            drops.dropped(forged, "10.0.0.9")
+        drops.dropped(Rejection(Reason.CORRUPTED, "bad magic"), "10.0.0.8")
+        clock.advance(60.0)
+        drops.dropped(forged, "10.0.0.9")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "cluster channel: dropped 1 forged datagram(s) (last from 10.0.0.9: bad MAC)"
+        " -- every node needs the same cluster.key",
+        "cluster channel: dropped 1 corrupted datagram(s) (last from 10.0.0.8: bad magic)",
+        "cluster channel: dropped 5 forged datagram(s) (last from 10.0.0.9: bad MAC)"
+        " -- every node needs the same cluster.key",
+    ]
