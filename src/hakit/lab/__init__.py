@@ -5,6 +5,7 @@ from __future__ import annotations
 from hakit.lab.lab import HostStatus, Lab, LabStatus, UpResult, lab_name_from_env
 from hakit.lab.plan import LabShape
 from hakit.lab.state import HostState, LabState
+from hakit.lab.waiting import wait_for
 
 __all__ = [
     "HostState",
@@ -15,4 +16,5 @@ __all__ = [
     "LabStatus",
     "UpResult",
     "lab_name_from_env",
+    "wait_for",
 ]
