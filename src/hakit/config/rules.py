@@ -168,8 +168,9 @@ class _Expression:
         elif token == "(":
             self.take()
             self.expression()
-            if self.take() != ")":
+            if self.peek() != ")":
                 raise _SyntaxError("missing ')'")
+            self.take()
         else:
             self.comparison()
 
