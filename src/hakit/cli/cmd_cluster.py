@@ -110,13 +110,15 @@ def config(file: Path, key_file: Path | None) -> None:
 
 @cluster.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def confcheck(file: Path) -> None:
-    """Check a cluster.xml file and print every problem found (exit 2 if there is an error)."""
+@click.option("--json", "as_json", is_flag=True, help="Print the issues as JSON.")
+def confcheck(file: Path, as_json: bool) -> None:
+    """Check a cluster.xml file and print every issue (exit 0 if no error, 2 otherwise)."""
     _, report = load_cluster(file)
-    click.echo(report.render())
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render())
     if not report.ok:
-        count = len(report.errors)
-        raise UserConfigError(f"{file} is invalid ({count} error{'s' if count != 1 else ''})")
+        # SystemExit, as `hakit confcheck` does: hakit's main() runs click with
+        # standalone_mode=False, where click turns ctx.exit() into a return value it drops.
+        raise SystemExit(UserConfigError.exit_code)
 
 
 @cluster.command()
