@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import os
 import re
 import signal
@@ -47,8 +48,10 @@ from types import MappingProxyType
 from typing import Protocol
 
 from hakit.config.model import User
-from hakit.errors import UserConfigError
+from hakit.errors import LocalSystemError, UserConfigError
 from hakit.paths import NodePaths
+
+_log = logging.getLogger(__name__)
 
 # A script name is a plain file name in the module's bin directory: nothing that could climb out of it.
 _SCRIPT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
@@ -132,14 +135,14 @@ class ScriptRequest:
         args = (current, next_state, action)
         variables = user.environment() if user is not None else {}
         variables.update(env or {})
-        logging = UserLogging(user.logging) if user is not None else UserLogging.USERLOG
+        mode = UserLogging(user.logging) if user is not None else UserLogging.USERLOG
         return cls(
             module=module,
             script=script,
             args=("force", *args) if force else args,
             timeout=timeout,
             env=variables,
-            logging=logging,
+            logging=mode,
         )
 
     def forced(self, timeout: float | None) -> ScriptRequest:
@@ -460,7 +463,13 @@ class SubprocessScriptRunner:
             return refusal
         base = os.environ if self._base_env is None else self._base_env
         env = script_environment(request, self._paths, self._install, base)
-        dirs.uservar.mkdir(parents=True, exist_ok=True)
+        try:
+            dirs.uservar.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalSystemError(
+                f"module {request.module}: cannot create its state directory {dirs.uservar}: "
+                f"{exc.strerror or exc}"
+            ) from exc
         log_path, out_fd = self._open_output(request, dirs.uservar)
         started = self._monotonic()
         try:
@@ -486,14 +495,32 @@ class SubprocessScriptRunner:
         finally:
             if out_fd != asyncio.subprocess.DEVNULL:
                 os.close(out_fd)
+        returncode, timed_out = await self._wait(proc, request, log_path)
+        if timed_out:
+            status = ScriptStatus.TIMED_OUT
+        else:
+            status = ScriptStatus.OK if returncode == 0 else ScriptStatus.FAILED
+        result = ScriptResult(
+            request,
+            status,
+            exit_code=returncode if returncode >= 0 else None,
+            signal=-returncode if returncode < 0 else None,
+            duration=self._monotonic() - started,
+            log_path=log_path,
+            pid=proc.pid,
+        )
+        self._footer(log_path, result)
+        return result
 
-        timed_out = False
+    async def _wait(
+        self, proc: asyncio.subprocess.Process, request: ScriptRequest, log_path: Path | None
+    ) -> tuple[int, bool]:
+        """The script's return code once it is gone, and whether it had to be killed on timeout."""
         try:
             async with asyncio.timeout(request.timeout):
-                returncode = await proc.wait()
+                return await proc.wait(), False
         except TimeoutError:
-            timed_out = True
-            returncode = await self._stop_group(proc)
+            return await self._stop_group(proc), True
         except asyncio.CancelledError:
             # The engine gave up on this script (module stopping, task group failing): the script
             # and everything it started must not outlive the decision that wanted them.
@@ -504,38 +531,43 @@ class SubprocessScriptRunner:
                 raise
             self._footer(log_path, None, note=f"cancelled, process group {proc.pid} killed")
             raise
-        duration = self._monotonic() - started
-        if timed_out:
-            status = ScriptStatus.TIMED_OUT
-        else:
-            status = ScriptStatus.OK if returncode == 0 else ScriptStatus.FAILED
-        result = ScriptResult(
-            request,
-            status,
-            exit_code=returncode if returncode >= 0 else None,
-            signal=-returncode if returncode < 0 else None,
-            duration=duration,
-            log_path=log_path,
-            pid=proc.pid,
-        )
-        self._footer(log_path, result)
-        return result
 
     def _open_output(self, request: ScriptRequest, uservar: Path) -> tuple[Path | None, int]:
-        """The fd scripts write to (a fresh or reused .ulog, or DEVNULL), with the log's path."""
+        """The fd scripts write to (a fresh or reused .ulog, or DEVNULL), with the log's path.
+
+        A log that cannot be opened (disk full, a directory in the way) never keeps a script from
+        running: a failover must not fail for want of a log file. The script then writes to
+        /dev/null and a warning says so.
+        """
         if request.logging is UserLogging.NONE:
             return None, asyncio.subprocess.DEVNULL
         now = self._wall()
         path = uservar / userlog_name(request.script, now)
-        # 0640: scripts print connection strings and the like; O_APPEND keeps a second run in the
-        # same second (and daemons left running by the first) from overwriting each other.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            # 0640: scripts print connection strings and the like; O_APPEND keeps a second run in
+            # the same second (and daemons left running by the first) from overwriting each other.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            _log.warning(
+                "module %s: cannot open the log %s of script %s (%s): the script runs with its "
+                "output discarded; free space or fix the directory %s",
+                request.module,
+                path,
+                request.script,
+                exc.strerror or exc,
+                uservar,
+            )
+            return None, asyncio.subprocess.DEVNULL
         try:
             os.write(fd, f"[hakit] {now:%Y-%m-%d %H:%M:%S} {request.command_line}\n".encode())
             _point_link(uservar / latest_link_name(request.script), path.name)
-        except BaseException:
-            os.close(fd)
-            raise
+        except OSError as exc:
+            _log.warning(
+                "module %s: cannot write the header of %s or its last_ link (%s)",
+                request.module,
+                path,
+                exc.strerror or exc,
+            )
         return path, fd
 
     def _footer(self, log_path: Path | None, result: ScriptResult | None, note: str = "") -> None:

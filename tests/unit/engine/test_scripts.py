@@ -195,6 +195,17 @@ def test_logging_none_writes_no_file(paths: NodePaths, runner: SubprocessScriptR
     assert list(uservar(paths).iterdir()) == []
 
 
+def test_a_log_that_cannot_be_opened_does_not_stop_the_script(
+    paths: NodePaths, runner: SubprocessScriptRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_script(paths, "start_prim", 'touch "$SAFEUSERVAR/ran"\n')
+    (uservar(paths) / userlog_name("start_prim", WHEN)).mkdir(parents=True)  # in the way
+    result = run(runner, ScriptRequest(MODULE, "start_prim"))
+    assert result.ok and result.log_path is None
+    assert (uservar(paths) / "ran").exists()
+    assert "cannot open the log" in caplog.text and "output discarded" in caplog.text
+
+
 def test_latest_log_follows_the_newest_run(paths: NodePaths, install: InstallDirs) -> None:
     write_script(paths, "start_prim", "echo run\n")
     times = iter([datetime(2021, 8, 6, 8, 40, 20), datetime(2021, 8, 6, 9, 0, 1)])
