@@ -119,7 +119,7 @@ def _int(default: int | None, minimum: int | None = None, **kw: object) -> Attr:
     return Attr(Kind.INT, default, minimum=minimum, **kw)  # type: ignore[arg-type]
 
 
-_WIN = "a Windows-only setting of SafeKit; hakit runs on Linux and ignores it"
+_WIN = "Windows-only in SafeKit"
 _NO_NFS = "hakit replicates through a FUSE mount, not a local NFS mount"
 _WHEN = ("pre", "prim", "second", "both")
 _ACTIONS = ("stop", "stopstart", "restart", "wait", "noaction")
@@ -291,7 +291,7 @@ ELEMENTS: dict[str, Elem] = {
             "acl": _onoff(
                 False,
                 support=Support.WINDOWS,
-                note=_WIN + " (POSIX ACLs are extended attributes and always replicated)",
+                note=_WIN + " (on Linux, POSIX ACLs are extended attributes, always replicated)",
             ),
             "async": _enum(("second", "none"), "second"),
             "iotimeout": _dur(300.0, "s", support=Support.WINDOWS, note=_WIN),

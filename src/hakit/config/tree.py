@@ -148,7 +148,7 @@ class _Walker:
         if support is Support.WINDOWS:
             self.warning(
                 el,
-                f"{note}: ignored",
+                f"{note}: hakit runs on Linux and ignores it",
                 attr=attr,
                 value=value,
                 hint=f"remove {what} from the Linux module",
