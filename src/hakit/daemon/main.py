@@ -101,6 +101,16 @@ def pid_file(path: Path) -> Generator[None, None, None]:
         handle.close()
 
 
+def _ensure(paths: NodePaths) -> None:
+    try:
+        paths.ensure()
+    except OSError as exc:
+        raise LocalSystemError(
+            f"cannot create the node directories under {paths.root}: {exc.strerror or exc} "
+            "(run hakitd as root, or set HAKIT_ROOT to a writable directory)"
+        ) from None
+
+
 def listen_socket(host: str, port: int) -> socket.socket:
     """The HTTP listening socket, bound here so that a busy port is a clear error, not a crash."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -137,10 +147,7 @@ async def serve(service: NodeService, http: socket.socket) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             service.attach(tg)
-            loop.add_signal_handler(
-                signal.SIGHUP,
-                lambda: tg.create_task(service.reload_logged("SIGHUP"), name="reload"),
-            )
+            loop.add_signal_handler(signal.SIGHUP, _reload_on_hup, tg, service, stop)
             await service.reload_logged("start-up")
             tg.create_task(http_task(), name="http")
             log.info(
@@ -155,6 +162,12 @@ async def serve(service: NodeService, http: socket.socket) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _reload_on_hup(tg: asyncio.TaskGroup, service: NodeService, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        return  # stopping: the TaskGroup takes no new task
+    tg.create_task(service.reload_logged("SIGHUP"), name="reload")
 
 
 def _stop_on(stop: asyncio.Event, sig: signal.Signals) -> None:
@@ -180,7 +193,7 @@ def cli(http_port: int, http_host: str, debug: bool) -> None:
     setup_logging(paths.log, logging.DEBUG if debug else logging.INFO)
     node = node_name()
     try:
-        paths.ensure()
+        _ensure(paths)
         with pid_file(paths.run / "hakitd.pid"):
             http = listen_socket(http_host, http_port)
             log.info("starting hakitd %s: node %s, root %s", __version__, node, paths.root)

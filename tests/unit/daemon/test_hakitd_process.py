@@ -23,10 +23,14 @@ import pytest
 from hakit.paths import NodePaths
 
 HAKITD = Path(sys.executable).parent / "hakitd"
+HAKIT = Path(sys.executable).parent / "hakit"
 DEADLINE = 30.0
 KEY_HEX = bytes(range(32)).hex()
 
-pytestmark = pytest.mark.skipif(not HAKITD.exists(), reason=f"{HAKITD} not installed")
+pytestmark = pytest.mark.skipif(
+    not (HAKITD.exists() and HAKIT.exists()),
+    reason=f"hakitd/hakit not installed next to {sys.executable}",
+)
 
 
 def free_port(kind: int, hosts: tuple[str, ...]) -> int:
@@ -137,6 +141,20 @@ def test_two_daemons_see_each_other_and_a_killed_one_is_lost(nodes: list[Node]) 
     assert state["counters"]["forged"] == 0
     assert node1.proc is not None
     assert node1.paths.run.joinpath("hakitd.pid").read_text().strip() == str(node1.proc.pid)
+
+    # The CLI talks to the same API (HAKIT_API points it at node1's daemon).
+    cli_env = {**os.environ, "HAKIT_API": f"http://127.0.0.1:{node1.http_port}"}
+    shown = subprocess.run(
+        [str(HAKIT), "cluster", "state"], env=cli_env, capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[0]: line.split() for line in shown.stdout.splitlines()[2:4]}
+    assert rows["node1"][1:3] == ["(local)", "yes"]
+    assert rows["node2"][1] == "yes"
+    level_out = subprocess.run(
+        [str(HAKIT), "level"], env=cli_env, capture_output=True, text=True, timeout=60
+    )
+    assert level_out.stdout.splitlines()[0] == "node: node1", level_out.stderr
 
     # A second daemon on node1's root is refused (pid file lock), exit code 4.
     second = subprocess.run(
