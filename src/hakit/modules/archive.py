@@ -27,6 +27,7 @@ timestamp, Unix modes recorded; the same tree always gives the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -135,7 +136,7 @@ def _check_name(label: str, raw: str) -> tuple[list[str], bool]:
     return parts, is_dir
 
 
-def _check_member(label: str, info: zipfile.ZipInfo, head: bytes) -> Member:
+def _check_member(label: str, info: zipfile.ZipInfo) -> Member:
     parts, named_dir = _check_name(label, info.filename)
     path = "/".join(parts)
     raw_mode = _unix_mode(info)
@@ -164,9 +165,7 @@ def _check_member(label: str, info: zipfile.ZipInfo, head: bytes) -> Member:
         )
     if is_dir:
         return Member(path, True, 0o755, 0, info)
-    executable = bool(raw_mode & 0o111)
-    if top == "bin" and (not raw_mode or head.startswith(b"#!")):
-        executable = True
+    executable = bool(raw_mode & 0o111) or (top == "bin" and not raw_mode)
     return Member(path, False, 0o755 if executable else 0o644, info.file_size, info)
 
 
@@ -186,14 +185,17 @@ def _open_zip(source: Path | IO[bytes], label: str) -> zipfile.ZipFile:
         ) from None
 
 
-def _read_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> bytes:
-    if info.is_dir() or info.file_size == 0 or not info.filename.startswith("bin/"):
-        return b""
+def _is_script(zf: zipfile.ZipFile, member: Member, label: str) -> bool:
+    """Whether a file starts with ``#!`` (read after the entry passed every check)."""
+    if member.size < 2:
+        return False
     try:
-        with zf.open(info) as stream:
-            return stream.read(2)
+        with zf.open(member.info) as stream:
+            return stream.read(2) == b"#!"
     except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
-        raise ArchiveError(f"{label}: entry {info.filename!r} is unreadable ({exc})") from None
+        raise ArchiveError(
+            f"{label}: entry {member.info.filename!r} is unreadable ({exc})"
+        ) from None
 
 
 def _list(zf: zipfile.ZipFile, label: str, max_total: int, max_entries: int) -> SafeListing:
@@ -212,9 +214,13 @@ def _list(zf: zipfile.ZipFile, label: str, max_total: int, max_entries: int) -> 
     members: list[Member] = []
     seen: dict[str, Member] = {}
     for info in infos:
-        member = _check_member(label, info, b"")
-        if not member.is_dir:
-            member = _check_member(label, info, _read_head(zf, info, label))
+        member = _check_member(label, info)
+        if (
+            member.path.startswith("bin/")
+            and member.mode == 0o644
+            and _is_script(zf, member, label)
+        ):
+            member = dataclasses.replace(member, mode=0o755)
         if member.path in seen:
             raise ArchiveError(f"{label}: entry {member.path!r} appears twice in the archive")
         seen[member.path] = member
