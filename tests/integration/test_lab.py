@@ -298,6 +298,15 @@ def test_up_is_idempotent_and_refuses_another_shape(make_lab) -> None:
     assert out.returncode == 2 and "run `hakit lab down` first" in out.stderr
 
 
+def test_up_fails_cleanly_when_hakitd_cannot_start(lab_name: str) -> None:
+    lab = Lab(lab_name, environ=dict(os.environ, HAKIT_HTTP_PORT="99999"))
+    lab.down()
+    with pytest.raises(LocalSystemError, match=r"hakitd on node[12] exited during startup"):
+        lab.up(nodes=2)
+    assert lab.load() is None
+    assert _lab_traces(lab, set()) == []
+
+
 def test_commands_on_a_missing_lab_say_what_to_do(lab_name: str) -> None:
     lab = Lab(lab_name)
     lab.down()

@@ -668,8 +668,8 @@ class Lab:
             for name, hs in list(pending.items()):
                 if self._hakitd_of(hs) is None:
                     raise LocalSystemError(
-                        f"hakitd on {name} exited during startup; its output "
-                        f"({self._hakitd_log(name)}):\n{self._log_tail(name)}"
+                        f"hakitd on {name} exited during startup; its last output:\n"
+                        f"{self._log_tail(name)}"
                     )
                 if port in procs.listening_tcp_ports(hs.anchor_pid):
                     del pending[name]
@@ -677,7 +677,8 @@ class Lab:
                 names = ", ".join(sorted(pending))
                 raise LocalSystemError(
                     f"hakitd on {names} does not listen on port {port} after "
-                    f"{HAKITD_READY_TIMEOUT:.0f} s; see {self._hakitd_log(sorted(pending)[0])}"
+                    f"{HAKITD_READY_TIMEOUT:.0f} s; last output of {sorted(pending)[0]}:\n"
+                    f"{self._log_tail(sorted(pending)[0])}"
                 )
             if pending:
                 time.sleep(0.05)
