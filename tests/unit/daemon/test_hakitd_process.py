@@ -191,6 +191,11 @@ def test_unconfigured_daemon_serves_the_api_and_reloads_on_sighup(nodes: list[No
     node1.paths.cluster_xml.write_text(_one_node_xml())
     proc.send_signal(signal.SIGHUP)
     wait_for(lambda: node1.api("cluster/state")["configured"] is True, "reload on SIGHUP", nodes)
+    before = node1.api("cluster/state")["incarnation"]
+    answer = httpx.post(f"http://127.0.0.1:{node1.http_port}/api/v1/cluster/reload", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json()["channel"] == "running"
+    assert answer.json()["incarnation"] > before
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=DEADLINE) == 0, node1.log()
 
