@@ -244,6 +244,7 @@ class _Builder:
         names: dict[str, Node] = {}
         idents: dict[str, Node] = {}
         forms: set[str] = set()
+        inherited_timing_reported = False  # <heart>'s own timing is reported once, not per child
         for hb in node.all("heartbeat"):
             servers = [s.get_str("addr") for s in hb.all("server") if "addr" not in s.bad]
             name: str | None = hb.get_str("name") or None
@@ -273,14 +274,19 @@ class _Builder:
                     code="missing-attribute",
                 )
             ident = hb.get_str("ident") or name or ""
-            hb_pulse = hb.opt_float("pulse") or pulse
-            hb_timeout = hb.opt_float("timeout") or timeout
-            own = hb.given("pulse") or hb.given("timeout")
+            own_pulse, own_timeout = hb.opt_float("pulse"), hb.opt_float("timeout")
+            hb_pulse = pulse if own_pulse is None else own_pulse
+            hb_timeout = timeout if own_timeout is None else own_timeout
+            if own_pulse == 0:
+                self.error(hb, "the heartbeat pulse cannot be 0", "pulse", code="bad-duration")
+            own = own_pulse is not None or own_timeout is not None
             if (
                 hb_pulse > 0
                 and hb_timeout <= 2 * hb_pulse
                 and not ({"pulse", "timeout"} & (hb.bad | node.bad))
+                and (own or not inherited_timing_reported)
             ):
+                inherited_timing_reported |= not own
                 where = hb if own else node
                 self.error(
                     where,
@@ -364,14 +370,6 @@ class _Builder:
                 "ident",
                 hint="remove ident='flow' or add <rfs>",
                 code="flow-without-rfs",
-            )
-        for extra in flows[1:]:
-            self.error(
-                extra,
-                "a second heartbeat with ident='flow'",
-                "ident",
-                hint="the replication flow uses one network",
-                code="duplicate-name",
             )
 
     # -- <farm> -------------------------------------------------------------------------------

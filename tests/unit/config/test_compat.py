@@ -5,13 +5,14 @@ The files are vendor files used as test input only (read at run time, never copi
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 
 from hakit.cli.cmd_config import check_file
-from hakit.config.cluster import load_cluster
-from hakit.config.userconfig import load_userconfig
+from hakit.config.cluster import load_cluster, parse_cluster
+from hakit.config.userconfig import load_userconfig, parse_userconfig
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 COMPAT = REPO_ROOT.parent / "shared" / "compat"
@@ -79,8 +80,6 @@ def test_linux_files_load_or_only_miss_template_values(path: Path, with_cluster:
 def test_placeholders_of_a_filled_in_linux_file_are_the_only_problem() -> None:
     path = COMPAT / "linux__postgresql_userconfig.xml"
     text = path.read_text().replace('addr=""', 'addr="10.0.0.100"')
-    from hakit.config.userconfig import parse_userconfig
-
     config, report = parse_userconfig(text, path.name, environ={})
     assert config is not None, report.render()
     assert config.rfs is not None and config.rfs.replicated[0].dir == "/var/lib/pgsql/data"
@@ -91,3 +90,43 @@ def test_placeholders_of_a_filled_in_linux_file_are_the_only_problem() -> None:
 def test_windows_files_are_never_silently_accepted(path: Path) -> None:
     _, report = load_userconfig(path, environ={})
     assert report.issues, "a Windows module must at least produce warnings on Linux"
+
+
+def test_mangled_real_files_never_raise() -> None:
+    """Seeded mutations of the corpus (values replaced, bytes cut, modes swapped, junk added)."""
+    rng = random.Random(20261122)
+    files = [p.read_bytes() for p in corpus("*.xml*")]
+    cluster, _ = load_cluster(COMPAT / "users_guide_82_examples__07_sec15.1.1_cluster.xml")
+    values = [
+        b'""',
+        b'"0"',
+        b'"-1"',
+        b'"%X%"',
+        b'"*"',
+        b'"1us"',
+        b'"/"',
+        b'"\xc3\xa9"',
+        b'"99999999999999999999"',
+        b'"0x10"',
+    ]
+    junk = [b"<x/>", b"<check/>", b"<rfs/>", b"<![CDATA[a: if (x.y == up) then stop();]]>"]
+    for _ in range(400):
+        data = bytearray(rng.choice(files))
+        for _ in range(rng.randint(1, 4)):
+            operation = rng.random()
+            if operation < 0.4:
+                starts = [i + 1 for i in range(len(data)) if data[i : i + 2] == b'="']
+                start = rng.choice(starts) if starts else 0
+                end = data.find(b'"', start + 1) if starts else -1
+                if end > 0:
+                    data[start : end + 1] = rng.choice(values)
+            elif operation < 0.6:
+                cut = rng.randrange(len(data))
+                del data[cut : cut + rng.randint(1, 10)]
+            elif operation < 0.8:
+                data = data.replace(b'mode="mirror"', b'mode="farm"')
+            else:
+                at = rng.randrange(len(data))
+                data[at:at] = rng.choice(junk)
+        parse_userconfig(bytes(data), "mangled.xml", cluster if rng.random() < 0.5 else None, {})
+        parse_cluster(bytes(data), "mangled.xml")

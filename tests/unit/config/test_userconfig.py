@@ -828,3 +828,26 @@ def test_failover_rule_errors_are_located() -> None:
         text.splitlines().index(next(x for x in text.splitlines() if "<failover>" in x)) + 1
     )
     assert report.errors[0].line == failover_line + 2
+
+
+def test_inherited_heartbeat_timing_is_reported_once() -> None:
+    heart = (
+        '<heart pulse="1s" timeout="2s"><heartbeat name="default"/>'
+        '<heartbeat name="private"/></heart>'
+    )
+    _, report = check(mirror(heart=heart))
+    assert error_codes(report) == ["heartbeat-timing"]
+
+
+def test_zero_heartbeat_pulse() -> None:
+    _, report = check(mirror(heart='<heart><heartbeat name="default" pulse="0"/></heart>'))
+    assert error_codes(report) == ["bad-duration"]
+
+
+def test_two_flow_heartbeats() -> None:
+    heart = (
+        '<heart><heartbeat name="default" ident="flow"/>'
+        '<heartbeat name="private" ident="flow"/></heart>'
+    )
+    _, report = check(mirror(heart=heart))
+    assert error_codes(report) == ["duplicate-name"]
