@@ -407,18 +407,25 @@ class _Walker:
                 return parse_duration(value, attr.unit, name)
             except DurationError as exc:
                 return bad(str(exc), f"e.g. {name}='10{attr.unit}'", code="bad-duration")
-        if kind in (Kind.ONOFF, Kind.YESNO):
-            words = ("on", "off") if kind is Kind.ONOFF else ("yes", "no")
+        if kind in (Kind.ONOFF, Kind.YESNO, Kind.ENUM):
+            if kind is Kind.ENUM:
+                words = attr.choices
+            else:
+                words = ("on", "off") if kind is Kind.ONOFF else ("yes", "no")
             if text.lower() not in words:
-                return bad(f"expected '{words[0]}' or '{words[1]}'", code="bad-enum")
-            return text.lower() == words[0]
-        if kind is Kind.ENUM:
-            if text not in attr.choices:
-                lowered = text.lower()
-                if lowered in attr.choices:
-                    return lowered
-                return bad(f"expected one of: {', '.join(attr.choices)}", code="bad-enum")
-            return text
+                return bad(f"expected one of: {', '.join(words)}", code="bad-enum")
+            if text not in words:
+                # SafeKit writes these in lower case; say so instead of silently folding case.
+                self.warning(
+                    el,
+                    f"read as '{text.lower()}'",
+                    attr=name,
+                    value=value,
+                    hint=f"write {name}='{text.lower()}'",
+                    code="case",
+                )
+            chosen = text.lower()
+            return chosen == words[0] if kind is not Kind.ENUM else chosen
         if kind is Kind.PORT:
             if attr.star and text == "*":
                 return None

@@ -851,3 +851,9 @@ def test_two_flow_heartbeats() -> None:
     )
     _, report = check(mirror(heart=heart))
     assert error_codes(report) == ["duplicate-name"]
+
+
+def test_upper_case_keywords_are_read_with_a_warning() -> None:
+    config, report = check(mirror(service='boot="ON" failover="Off"'))
+    assert config is not None and config.service.boot == "on" and not config.service.failover
+    assert warning_codes(report) == ["case", "case"]
