@@ -27,7 +27,7 @@ async def attempt(host: str, port: int, timeout: float) -> str | None:
         return None
     try:
         writer.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        data = await asyncio.wait_for(reader.read(4096), timeout)
+        data = await asyncio.wait_for(reader.read(-1), timeout)  # the server closes
     except (OSError, TimeoutError):
         return None
     finally:
