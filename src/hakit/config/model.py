@@ -363,6 +363,7 @@ class UserConfig:
 
     @property
     def mode(self) -> Mode:
+        """The module type (``service.mode``)."""
         return self.service.mode
 
     def checker(self, resource: str) -> Checker | None:

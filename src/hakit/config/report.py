@@ -95,10 +95,12 @@ class ConfigReport:
 
     @property
     def errors(self) -> list[Issue]:
+        """The issues of severity ERROR, in order."""
         return [i for i in self.issues if i.severity is Severity.ERROR]
 
     @property
     def warnings(self) -> list[Issue]:
+        """The issues of severity WARNING, in order."""
         return [i for i in self.issues if i.severity is Severity.WARNING]
 
     @property

@@ -44,42 +44,53 @@ class Node:
     text: str = ""
 
     def given(self, attr: str) -> bool:
+        """True when the file sets ``attr`` (whatever its value)."""
         return attr in self.raw
 
     def child(self, tag: str) -> Node | None:
+        """The first child element ``<tag>``, if any."""
         return next((c for c in self.children if c.tag == tag), None)
 
     def all(self, tag: str) -> list[Node]:
+        """Every child element ``<tag>``, in file order."""
         return [c for c in self.children if c.tag == tag]
 
     def get_str(self, attr: str) -> str:
+        """The text value of ``attr`` (default or given), ``""`` when it has none."""
         value = self.values.get(attr)
         return value if isinstance(value, str) else ""
 
     def opt_str(self, attr: str) -> str | None:
+        """The text value of ``attr``, or None."""
         value = self.values.get(attr)
         return value if isinstance(value, str) else None
 
     def get_int(self, attr: str) -> int:
+        """The integer value of ``attr`` (0 when it has none)."""
         value = self.values.get(attr)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     def opt_int(self, attr: str) -> int | None:
+        """The integer value of ``attr``, or None."""
         value = self.values.get(attr)
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def get_float(self, attr: str) -> float:
+        """The number (durations: seconds) of ``attr`` (0.0 when it has none)."""
         value = self.values.get(attr)
         return float(value) if isinstance(value, int | float) else 0.0
 
     def opt_float(self, attr: str) -> float | None:
+        """The number of ``attr``, or None (e.g. a heartbeat pulse that inherits)."""
         value = self.values.get(attr)
         return float(value) if isinstance(value, int | float) else None
 
     def get_bool(self, attr: str) -> bool:
+        """The on/off or yes/no value of ``attr``."""
         return self.values.get(attr) is True
 
     def walk(self) -> Iterator[Node]:
+        """This node and all its descendants, depth first."""
         yield self
         for child in self.children:
             yield from child.walk()
