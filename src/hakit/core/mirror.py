@@ -401,10 +401,16 @@ def _block(reason: WaitReason, why: str) -> RoleChoice:
     return RoleChoice(None, C.WAITING, f"{reason.message} ({why})", wait_reason=reason)
 
 
-def choose_role(local: DataGeneration, peer: PeerView, settings: MirrorSettings) -> RoleChoice:
-    """What a node in WAIT becomes, from its generation and what it sees of its peer."""
+def choose_role(
+    local: DataGeneration, peer: PeerView, settings: MirrorSettings, *, failover: bool = True
+) -> RoleChoice:
+    """What a node in WAIT becomes, from its generation and what it sees of its peer.
+
+    With ``failover`` off, a node never becomes primary on its own because its peer stopped: only
+    its own "sole writer" record (or ``prim``) lets it start without a running peer.
+    """
     if not peer.known or peer.state is S.STOP:
-        return _choice_without_peer(local, peer)
+        return _choice_without_peer(local, peer if failover else PeerView())
     if peer.stopping:
         return RoleChoice(None, C.WAITING, f"waiting: the peer is stopping ({peer.describe()})")
     if peer.state in PRIMARY_STATES:
@@ -424,7 +430,7 @@ def choose_role(local: DataGeneration, peer: PeerView, settings: MirrorSettings)
 
 
 def _choice_without_peer(local: DataGeneration, peer: PeerView) -> RoleChoice:
-    seen = "the peer is stopped" if peer.known else "the peer is not running"
+    seen = "the peer is stopped" if peer.known else "the peer is not running (or not visible)"
     if local.interrupted_resync:
         return _block(WaitReason.INCONSISTENT, seen)
     if local.has_data and local.status is DataStatus.UP_TO_DATE:
@@ -1024,13 +1030,13 @@ def _eval_probing(o: _Out) -> None:
     s = o.s
     if not s.peer.known and o.now - s.since < o.cfg.timeout:
         return
-    _apply_choice(o, choose_role(s.data, s.peer, o.cfg))
+    _apply_choice(o, choose_role(s.data, s.peer, o.cfg, failover=s.failover))
 
 
 def _eval_blocked(o: _Out) -> None:
     if o.s.wait_reason is WaitReason.RESOURCE:
         return
-    _apply_choice(o, choose_role(o.s.data, o.s.peer, o.cfg))
+    _apply_choice(o, choose_role(o.s.data, o.s.peer, o.cfg, failover=o.s.failover))
 
 
 def _eval_alone(o: _Out) -> None:
