@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from hakit.errors import HakitError, LocalSystemError, UserConfigError
-from hakit.lab import Lab, LabShape, procs, wait_for
+from hakit.lab import HostState, Lab, LabShape, LabState, procs, wait_for
 from hakit.lab.plan import cluster_xml, compress_ranges, lab_namespaces
+from hakit.lab.state import load_state, save_state
 
 HAKIT = str(Path(sys.executable).parent / "hakit")
 
@@ -98,12 +99,37 @@ def test_generated_cluster_xml_is_valid_for_hakit() -> None:
     config, report = parse_cluster(cluster_xml(shape), "lab-cluster.xml")
     assert report.ok, [str(i) for i in report.issues]
     assert config is not None
-    assert config.node_names() == ("node1", "node2", "node3") or list(config.node_names()) == [
-        "node1",
-        "node2",
-        "node3",
-    ]
+    assert config.node_names() == ["node1", "node2", "node3"]
     assert config.addrs_of("node2") == {"default": "10.213.0.12"}
+
+
+def test_state_file_round_trips_and_a_damaged_one_says_how_to_recover(tmp_path: Path) -> None:
+    shape = LabShape.parse(nodes=1, client=True, subnet=None, hakitd=False)
+    hosts = (
+        HostState("node1", "node", "10.213.0.11", "x-node1", 10, 20),
+        HostState("client", "client", "10.213.0.250", "x-client", 11, 21, powered=False),
+    )
+    state = LabState(lab="x", shape=shape, hosts=hosts)
+    path = tmp_path / "lab.json"
+    save_state(path, state)
+    assert load_state(path) == state
+    assert load_state(tmp_path / "absent.json") is None
+    path.write_text('{"version": 1, "lab": "x"}')
+    with pytest.raises(LocalSystemError, match=r"lab\.json: unreadable lab state.*hakit lab down"):
+        load_state(path)
+
+
+def test_wait_for_returns_the_first_truthy_value_or_names_what_it_waited_for() -> None:
+    now = [0.0]
+    answers = iter([None, 0, "ready"])
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    assert wait_for(lambda: next(answers), 5, "x", clock=lambda: now[0], sleep=sleep) == "ready"
+    assert now[0] == pytest.approx(0.1)
+    with pytest.raises(HakitError, match=r"timed out after 1 s waiting for node3 \(last: False\)"):
+        wait_for(lambda: False, 1, "node3", clock=lambda: now[0], sleep=sleep)
 
 
 # ---------------------------------------------------------------------- hosts are separate servers

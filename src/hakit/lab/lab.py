@@ -842,6 +842,8 @@ class Lab:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Exclusive lock of this lab's lock file (held across processes)."""
+        if os.geteuid() != 0:
+            raise LocalSystemError("the lab needs root (network namespaces): run as root")
         while True:
             self.base.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
