@@ -20,7 +20,7 @@ import sys
 import click
 
 from hakit import __version__
-from hakit.cli import cmd_cluster, cmd_config, cmd_lab, cmd_module
+from hakit.cli import cmd_cluster, cmd_config, cmd_control, cmd_lab, cmd_module
 from hakit.errors import HakitError
 
 
@@ -30,7 +30,7 @@ def cli() -> None:
     """hakit: high-availability clustering for Linux."""
 
 
-for _module in (cmd_config, cmd_cluster, cmd_module, cmd_lab):
+for _module in (cmd_config, cmd_cluster, cmd_module, cmd_control, cmd_lab):
     for _command in _module.commands:
         cli.add_command(_command)
 
@@ -38,7 +38,8 @@ for _module in (cmd_config, cmd_cluster, cmd_module, cmd_lab):
 def main() -> None:
     """Entry point of the ``hakit`` console script."""
     try:
-        cli.main(standalone_mode=False)
+        # With standalone_mode=False click returns the code given to ctx.exit(n) instead of exiting.
+        rc = cli.main(standalone_mode=False)
     except HakitError as exc:
         click.echo(f"hakit: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -50,4 +51,4 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
