@@ -187,10 +187,10 @@ class TransitionKind(enum.Enum):
         S.ALONE,
         "primary lost or stopped, failover on",
     )
-    YIELD = (ScriptRow.ALONE_TO_SECOND, S.ALONE, S.SECOND, "split brain: exiting alone")
-    SWAP_RELEASE = (ScriptRow.PRIM_TO_SECOND, S.PRIM, S.SECOND, "swap: release (peer accepted)")
-    SWAP_FINISH = (ScriptRow.PRIM_TO_SECOND, S.SECOND, S.SECOND, "swap: peer took PRIM")
-    SWAP_TAKE = (ScriptRow.SECOND_TO_PRIM, S.SECOND, S.PRIM, "swap: peer released")
+    YIELD = (ScriptRow.ALONE_TO_SECOND, S.ALONE, S.SECOND, "split brain, exiting alone")
+    SWAP_RELEASE = (ScriptRow.PRIM_TO_SECOND, S.PRIM, S.SECOND, "swap, release once the peer accepted")
+    SWAP_FINISH = (ScriptRow.PRIM_TO_SECOND, S.SECOND, S.SECOND, "swap, the peer took PRIM")
+    SWAP_TAKE = (ScriptRow.SECOND_TO_PRIM, S.SECOND, S.PRIM, "swap, the peer released PRIM")
     RESTART_ALONE = (ScriptRow.RESTART_ALONE, S.ALONE, S.ALONE, "restart")
     RESTART_PRIM = (ScriptRow.RESTART_PRIM, S.PRIM, S.PRIM, "restart")
     RESTART_SECOND = (ScriptRow.RESTART_SECOND, S.SECOND, S.SECOND, "restart")
@@ -317,6 +317,20 @@ class RecordCode(enum.StrEnum):
     READY = "ready"
     PRIM_ABORTED = "prim_aborted"
     CHECKER = "checker"
+    ACTION = "action"
+    NEW_GENERATION = "new_generation"
+
+
+#: Codes that give context (who asked, what the peer said) rather than the decision's outcome.
+CONTEXT_CODES = frozenset(
+    {
+        RecordCode.ACTION,
+        RecordCode.PEER_UPDATE,
+        RecordCode.NEW_GENERATION,
+        RecordCode.SCRIPT_EXITED,
+        RecordCode.NO_CHANGE,
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,12 @@ def test_split_brain_the_former_secondary_yields_and_keeps_its_files_aside() -> 
     assert "Split brain recovery: staying alone" in node1.logs
     assert "Split brain recovery: exiting alone" in node2.logs
     assert [k.generation for k in node2.kept_aside] == [node2_gen]
-    assert node2.script_names()[-4:] == ["stop_prim", "stop_prim force", "transition", "start_second"]
+    assert node2.script_names()[-4:] == [
+        "stop_prim",
+        "stop_prim force",
+        "transition",
+        "start_second",
+    ]
     assert "Reintegration started (full) from node1" in node2.logs
     assert node1.vip and not node2.vip
 
@@ -419,7 +424,9 @@ def test_replication_timeout_drops_prim_to_alone_and_the_secondary_resyncs() -> 
     assert node1.state.data.current != old
     assert node1.disk == node1.state.data  # persisted before anything else
     assert sim.wait_for("node1", S.ALONE, R.READY)
-    assert sim.run_until(lambda: "Reintegration started (incremental) from node1" in sim.node("node2").logs)
+    assert sim.run_until(
+        lambda: "Reintegration started (incremental) from node1" in sim.node("node2").logs
+    )
     assert sim.wait_for("node1", S.PRIM, R.READY)
     assert sim.node("node2").summary == "SECOND Ready"
 
