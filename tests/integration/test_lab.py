@@ -352,7 +352,8 @@ def _lab_traces(lab: Lab, mnt_namespaces: set[str]) -> list[str]:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     traces += [f"netns {ns}" for ns in lab_namespaces(lab.name, netns.split())]
     for pid in procs.all_pids():
-        traces += [f"mount in {pid}: {m}" for m in procs.mountinfo_mentions(pid, (str(lab.dir),))]
+        needles = (f"{lab.dir}/", f"/run/netns/{lab.name}-")
+        traces += [f"mount in {pid}: {m}" for m in procs.mountinfo_mentions(pid, needles)]
         if procs.ns_id(pid, "mnt") in mnt_namespaces and not procs.is_zombie(pid):
             traces.append(f"process {pid} in a node's mount namespace")
         argv = procs.cmdline(pid)
@@ -376,6 +377,25 @@ def test_down_leaves_nothing_behind(make_lab) -> None:
     assert outsider.wait(timeout=10) == -signal.SIGKILL
     assert _lab_traces(lab, mnt) == []
     assert lab.down() == []  # idempotent
+
+
+def test_two_labs_coexist_on_one_subnet_and_go_independently(make_lab, lab_name: str) -> None:
+    first = make_lab(nodes=2, hakitd=False)
+    second = Lab(f"{lab_name}b")
+    try:
+        second.up(nodes=1, hakitd=False)
+        first.run("node2", ["sh", "-c", "echo first > /srv/id"], check=True)
+        # 10.213.0.11 is node1 of each lab; each lab only reaches its own.
+        assert ping(first, "node2", "10.213.0.11")
+        assert ping(second, "node1", "10.213.0.11")
+        assert not ping(second, "node1", "10.213.0.12")  # first's node2 is not on this switch
+        first_mnt = {procs.ns_id(h.anchor_pid, "mnt") or "" for h in first.require().hosts}
+        first.down()
+        # The second lab's hosts hold nothing that keeps the first lab's namespaces alive.
+        assert _lab_traces(first, first_mnt) == []
+        assert second.run("node1", ["hostname"]).stdout.strip() == "node1"
+    finally:
+        second.down()
 
 
 def test_down_removes_the_leftovers_of_a_crashed_run(make_lab) -> None:

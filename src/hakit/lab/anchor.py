@@ -5,7 +5,8 @@ Run as ``ip netns exec <lab>-<host> python -m hakit.lab.anchor --lab L --host H 
 ``/sys`` that shows that namespace's interfaces). The launcher then:
 
 1. unshares a mount, a UTS and a PID namespace (Python 3.11 has no ``os.unshare``: ctypes);
-2. makes every mount private, so nothing done here leaks to the real host or to other hosts;
+2. makes every mount private, so nothing done here leaks to the real host or to other hosts, and
+   drops its copies of the ``nsfs`` mounts that keep named network namespaces alive;
 3. binds the host-private directories over ``/srv`` and ``/run/hakit-node`` (the node's
    ``HAKIT_ROOT``) and sets the host name;
 4. forks. The child is PID 1 of the new PID namespace: it mounts a fresh ``/proc`` (so ``ps`` shows
@@ -25,6 +26,7 @@ import argparse
 import ctypes
 import ctypes.util
 import os
+import re
 import select
 import signal
 import socket
@@ -39,6 +41,7 @@ MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
 
 NODE_ROOT = "/run/hakit-node"  # HAKIT_ROOT inside every node
 SRV = "/srv"
@@ -69,6 +72,29 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int) -> No
         enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), ctypes.c_void_p(None)
     )
     _check(result, f"mount {source} on {target}")
+
+
+def _unescape(field: str) -> str:
+    """Mount points in mountinfo have space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def detach_namespace_mounts() -> None:
+    """Lazily unmount every ``nsfs`` mount (``/run/netns/*``...) of this mount namespace.
+
+    The new mount namespace starts as a copy of the real host's, including the bind mounts that
+    keep named network namespaces alive. A copy held here would keep another lab's namespaces
+    (and their interfaces) alive after that lab's ``down``, for as long as this host lives.
+    """
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    targets = []
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "nsfs":
+            targets.append(_unescape(left.split()[4]))
+    for target in sorted(targets, key=len, reverse=True):
+        _check(_libc.umount2(target.encode(), ctypes.c_int(MNT_DETACH)), f"umount {target}")
 
 
 def _be_init(ready_fd: int) -> None:
@@ -105,6 +131,7 @@ def launch(host: str, srv: str, root: str, pidfile: str) -> int:
     """Create the host's namespaces and its init process; return the exit status."""
     unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWPID)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
+    detach_namespace_mounts()
     for target in (SRV, NODE_ROOT):
         os.makedirs(target, exist_ok=True)
     mount(srv, SRV, None, MS_BIND | MS_REC)

@@ -817,7 +817,7 @@ class Lab:
         if namespaces:
             removed.append(f"{len(namespaces)} namespaces ({', '.join(namespaces)})")
         # Nothing of the lab is mounted in the real host's namespace; unmount what a crash left.
-        for line in procs.mountinfo_mentions(os.getpid(), (str(self.dir),)):
+        for line in procs.mountinfo_mentions(os.getpid(), (f"{self.dir}/",)):
             _run(["umount", "-l", line.split()[4]], f"remove lab {self.name!r}")
             removed.append(f"mount {line.split()[4]}")
         if self.dir.exists():
