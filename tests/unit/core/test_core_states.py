@@ -29,7 +29,7 @@ def test_every_state_has_an_exit_code() -> None:
 
 
 def test_groups() -> None:
-    assert PRIMARY_STATES == {ModuleState.ALONE, ModuleState.PRIM}
+    assert {ModuleState.ALONE, ModuleState.PRIM} == PRIMARY_STATES
     assert ModuleState.UP not in MIRROR_STATES
 
 
