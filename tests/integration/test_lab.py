@@ -398,6 +398,24 @@ def test_two_labs_coexist_on_one_subnet_and_go_independently(make_lab, lab_name:
         second.down()
 
 
+def test_down_kills_a_stray_anchor_launcher_but_nothing_else_of_the_real_host(
+    make_lab, lab_name: str
+) -> None:
+    make_lab(nodes=1, hakitd=False)
+    # A launcher caught before it unshared: it runs in the real host's namespaces.
+    code = "import time; time.sleep(120)"
+    launcher = subprocess.Popen([sys.executable, "-c", code, "hakit.lab.anchor", "--lab", lab_name])
+    bystander = subprocess.Popen(["sleep", "120"])
+    try:
+        Lab(lab_name).down()
+        assert launcher.wait(timeout=10) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        for proc in (launcher, bystander):
+            proc.kill()
+            proc.wait()
+
+
 def test_down_removes_the_leftovers_of_a_crashed_run(make_lab) -> None:
     lab = make_lab(nodes=2, hakitd=False)
     mnt = {procs.ns_id(h.anchor_pid, "mnt") or "" for h in lab.require().hosts}

@@ -699,6 +699,12 @@ class Lab:
         pidns = procs.ns_id(hs.anchor_pid, "pid")
         if pidns is None:
             return []
+        if pidns == procs.ns_id(os.getpid(), "pid"):
+            # Would select (and signal) every process of the machine.
+            raise LocalSystemError(
+                f"lab {self.name!r}: anchor {hs.anchor_pid} of {hs.name} is not in a PID namespace "
+                "of its own; run `hakit lab down` then `hakit lab up`"
+            )
         return procs.pids_in_ns("pid", pidns, exclude=hs.anchor_pid)
 
     def _signal_until(self, hs: HostState, sig: int, done: Any) -> int:
@@ -782,6 +788,9 @@ class Lab:
         doomed_ns |= {procs.file_ns_id(f"/run/netns/{ns}") for ns in namespaces}
         doomed_ns.discard(None)
         me = os.getpid()
+        # Never the real host's own namespaces: an anchor launcher caught mid-start still lives in
+        # them, and matching them would kill every process of the machine.
+        doomed_ns -= {procs.ns_id(me, kind) for kind in ("pid", "mnt", "net")}
 
         def lab_processes() -> list[int]:
             return [
