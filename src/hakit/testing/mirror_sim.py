@@ -4,7 +4,8 @@ It plays the executor's part for both nodes: it performs every action of a decis
 "run" for ``script_time`` seconds and exit with the code configured for them, resyncs take
 ``resync_time``, heartbeats go out every ``pulse`` and on each state change, a stop announcement is
 delivered to the peer) and feeds the results back as events, in time order. Nodes can be powered
-off and on (the persisted generation record survives), and the network can be partitioned.
+off and on (the persisted generation record survives); the network can be partitioned, and it can
+lose, duplicate and delay datagrams from a seeded RNG.
 
 Used by the scenario tests; also handy to explore a behaviour by hand::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -117,8 +119,16 @@ class MirrorSim:
         resync_time: float = 3.0,
         maxloop: int = 3,
         loop_interval: float = 3600.0,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.now = 0.0
+        self.loss = loss
+        self.duplicate = duplicate
+        self.jitter = jitter
+        self.rng = random.Random(seed)
         self.latency = latency
         self.script_time = script_time
         self.resync_time = resync_time
@@ -286,10 +296,17 @@ class MirrorSim:
         heapq.heappush(self._queue, _Scheduled(self.now + delay, next(self._seq), name, make))
 
     def _send(self, src: SimNode, event: Event) -> None:
+        # The fake network: a partition drops everything; otherwise each datagram may be lost,
+        # duplicated and delayed by a random jitter (all from the seeded RNG: runs are repeatable).
         if not self.link_up or not src.powered:
             return
         dst = self.peer_of(src.name)
-        self._schedule(dst.name, self.latency, lambda: event)
+        copies = 0 if self.rng.random() < self.loss else 1
+        if copies and self.rng.random() < self.duplicate:
+            copies = 2
+        for _ in range(copies):
+            delay = self.latency + self.rng.random() * self.jitter
+            self._schedule(dst.name, delay, lambda: event)
 
     def _send_heartbeat(self, node: SimNode) -> None:
         p = node.published
