@@ -275,14 +275,33 @@ def _run(
     finish: Finish,
     *,
     shown: ModuleState | None = None,
-    **kw: Any,
+    intent: AdminCommand | None = None,
+    resync: ResyncKind = ResyncKind.NONE,
+    then_start: bool = False,
+    park_reason: WaitReason | None = None,
+    action: str = "start",
+    keep_aside: str = "",
+    **changes: Any,
 ) -> None:
-    """Start a transition: show its state as Transient and emit its first steps."""
-    own = {
-        k: kw.pop(k) for k in ("intent", "resync", "then_start", "wait_reason", "action") if k in kw
-    }
-    transition = Transition(kind, steps, finish, kind.target, **own)
-    _enter(o, shown or kind.target, R.TRANSIENT, A.SCRIPTS, transition=transition, **kw)
+    """Start a transition: show its state as Transient and emit its first steps.
+
+    ``changes`` are further snapshot fields to set (``stopping``, ``swap``, ``pending``...); a
+    node running a transition is no longer waiting, so its wait reason is cleared.
+    """
+    transition = Transition(
+        kind,
+        steps,
+        finish,
+        kind.target,
+        intent=intent,
+        resync=resync,
+        then_start=then_start,
+        wait_reason=park_reason,
+        action=action,
+        keep_aside=keep_aside,
+    )
+    changes.setdefault("wait_reason", None)
+    _enter(o, shown or kind.target, R.TRANSIENT, A.SCRIPTS, transition=transition, **changes)
     _advance(o)
 
 
@@ -379,7 +398,7 @@ def _apply_choice(o: _Out, choice: RoleChoice) -> None:
 def _enter_alone(o: _Out, origin: GenerationOrigin) -> None:
     _solo(o, origin)
     steps = _script_plan(o, ScriptRow.WAIT_TO_ALONE, "start", acquire=_PRIMARY_ON)
-    _run(o, TransitionKind.ENTER_ALONE, steps, Finish.READY, wait_reason=None, rule=None)
+    _run(o, TransitionKind.ENTER_ALONE, steps, Finish.READY, rule=None)
 
 
 def _enter_prim(o: _Out) -> None:
@@ -395,8 +414,9 @@ def _keep_aside(o: _Out, why: str) -> None:
 
 
 def _enter_second(o: _Out, resync: ResyncKind, keep_aside: bool) -> None:
-    if keep_aside:
-        _keep_aside(o, f"{o.cfg.peer_node} is primary with data this node's writes never reached")
+    # ``keep_aside`` was computed by the role choice; it is acted on when the resync starts (the
+    # moment files get overwritten), where _start_resync checks the generations again.
+    del keep_aside
     _persist(o, left_pair(o.s.data))
     steps = _script_plan(o, ScriptRow.WAIT_TO_SECOND, "start", acquire=_SECONDARY_ON)
     _run(o, TransitionKind.ENTER_SECOND, steps, Finish.SECOND_ENTERED, resync=resync, rule=None)
@@ -432,10 +452,14 @@ def _finish_second(o: _Out, t: Transition) -> None:
         o.note(C.READY, "Local state SECOND Ready (nothing to copy)", None)
         _settle(o)
         return
-    _start_resync(o, t.resync)
+    _start_resync(o, t.resync, t.keep_aside)
 
 
-def _start_resync(o: _Out, kind: ResyncKind) -> None:
+def _start_resync(o: _Out, kind: ResyncKind, why: str = "") -> None:
+    # Keep aside, right before the copy overwrites them (the application and the local writes
+    # have stopped by now), the files this node changed that the primary never saw.
+    if must_keep_aside(o.s.data, o.s.peer.generation):
+        _keep_aside(o, why or f"{o.cfg.peer_node} is primary without this node's latest writes")
     _persist(o, resync_started(o.s.data))
     o.emit(StartResync(kind))
     _enter(o, S.SECOND, R.TRANSIENT, A.RESYNCING, swap=SwapPhase.NONE)
@@ -488,7 +512,7 @@ _FINISHERS: dict[Finish, Callable[[_Out, Transition], None]] = {
 
 def _begin_start(o: _Out, intent: AdminCommand | None) -> None:
     steps = _script_plan(o, ScriptRow.STOP_TO_WAIT, "start")
-    _run(o, TransitionKind.START, steps, Finish.PROBE, intent=intent, wait_reason=None, rule=None)
+    _run(o, TransitionKind.START, steps, Finish.PROBE, intent=intent, rule=None)
 
 
 def _leave(
@@ -518,7 +542,7 @@ def _leave(
         steps,
         finish,
         then_start=then_start,
-        wait_reason=wait_reason,
+        park_reason=wait_reason,
         action=action,
         stopping=True,
         swap=SwapPhase.NONE,
@@ -926,12 +950,18 @@ def _split_brain(o: _Out) -> None:
         o.note(C.SPLIT_BRAIN_STAY, "Split brain recovery: staying alone", level)
         return
     o.note(C.SPLIT_BRAIN_YIELD, "Split brain recovery: exiting alone")
-    _keep_aside(o, f"split brain: {o.cfg.peer_node} stayed primary")
     _persist(o, left_pair(o.s.data))
     steps = _script_plan(
         o, ScriptRow.ALONE_TO_SECOND, "start", release=_PRIMARY_OFF, acquire=_SECONDARY_ON
     )
-    _run(o, TransitionKind.YIELD, steps, Finish.SECOND_ENTERED, resync=ResyncKind.FULL)
+    _run(
+        o,
+        TransitionKind.YIELD,
+        steps,
+        Finish.SECOND_ENTERED,
+        resync=ResyncKind.FULL,
+        keep_aside=f"split brain: {o.cfg.peer_node} stayed primary",
+    )
 
 
 def _eval_prim(o: _Out) -> None:

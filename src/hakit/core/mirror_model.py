@@ -188,7 +188,12 @@ class TransitionKind(enum.Enum):
         "primary lost or stopped, failover on",
     )
     YIELD = (ScriptRow.ALONE_TO_SECOND, S.ALONE, S.SECOND, "split brain, exiting alone")
-    SWAP_RELEASE = (ScriptRow.PRIM_TO_SECOND, S.PRIM, S.SECOND, "swap, release once the peer accepted")
+    SWAP_RELEASE = (
+        ScriptRow.PRIM_TO_SECOND,
+        S.PRIM,
+        S.SECOND,
+        "swap, release once the peer accepted",
+    )
     SWAP_FINISH = (ScriptRow.PRIM_TO_SECOND, S.SECOND, S.SECOND, "swap, the peer took PRIM")
     SWAP_TAKE = (ScriptRow.SECOND_TO_PRIM, S.SECOND, S.PRIM, "swap, the peer released PRIM")
     RESTART_ALONE = (ScriptRow.RESTART_ALONE, S.ALONE, S.ALONE, "restart")
@@ -240,6 +245,7 @@ class Transition:
     then_start: bool = False
     wait_reason: WaitReason | None = None
     action: str = "start"
+    keep_aside: str = ""
 
 
 @dataclass(frozen=True)

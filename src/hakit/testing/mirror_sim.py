@@ -45,13 +45,14 @@ from hakit.core.events import (
     AdminKind,
     Event,
     HeartbeatReceived,
+    PeerOutOfDate,
     PeerStopAnnounced,
     ResyncDone,
     ResyncFailed,
     ScriptExited,
     Tick,
 )
-from hakit.core.generations import DataGeneration
+from hakit.core.generations import DataGeneration, ResyncKind
 from hakit.core.mirror import decide
 from hakit.core.mirror_model import Decision, MirrorSettings, MirrorState, initial_state
 from hakit.core.scripts import ALL_SCRIPTS
@@ -77,6 +78,8 @@ class SimNode:
     resync_token: int = 0
     script_token: int = 0
     boot_id: int = 0
+    content: frozenset[int] = frozenset()
+    aside: frozenset[int] = frozenset()
 
     @property
     def summary(self) -> str:
@@ -123,12 +126,15 @@ class MirrorSim:
         duplicate: float = 0.0,
         jitter: float = 0.0,
         seed: int = 0,
+        write_every: float | None = None,
     ) -> None:
         self.now = 0.0
         self.loss = loss
         self.duplicate = duplicate
         self.jitter = jitter
         self.rng = random.Random(seed)
+        self.acked: set[int] = set()
+        self._write_ids = itertools.count(1)
         self.latency = latency
         self.script_time = script_time
         self.resync_time = resync_time
@@ -161,6 +167,8 @@ class MirrorSim:
             self._nodes[me] = node
         for node in self._nodes.values():
             self._boot(node)
+        if write_every is not None:
+            self._schedule("", write_every, self._writer(write_every))
 
     # -- access ---------------------------------------------------------------------------------
 
@@ -206,6 +214,9 @@ class MirrorSim:
                 return predicate()
             item = heapq.heappop(self._queue)
             self.now = max(self.now, item.at)
+            if not item.node:  # a simulator timer, not an event for a node
+                item.make()
+                continue
             node = self._nodes[item.node]
             if not node.powered:
                 continue
@@ -270,6 +281,49 @@ class MirrorSim:
     def heal(self) -> None:
         """Restore the links."""
         self.link_up = True
+
+    # -- the application's data -----------------------------------------------------------------
+
+    def write(self, name: str) -> int | None:
+        """The application on node ``name`` writes to a replicated directory.
+
+        Returns the write's id once acknowledged, or None if no application runs there. Models
+        the replicator: a write is acknowledged once it is on the local disk and, when a secondary
+        is connected, on the secondary's; a primary that believes its peer is in sync (PRIM) but
+        cannot reach it first declares it out of date (``PeerOutOfDate``), as the real replicator
+        does before acknowledging alone.
+        """
+        node = self._nodes[name]
+        if not node.powered or node.replication is not ReplicationRole.PRIMARY:
+            return None
+        peer = self.peer_of(name)
+        write_id = next(self._write_ids)
+        connected = peer.powered and self.link_up and peer.replication is ReplicationRole.SECONDARY
+        if connected:
+            peer.content = peer.content | {write_id}
+        elif node.state.state is ModuleState.PRIM:
+            self.deliver(name, PeerOutOfDate("sendtimeout"))
+        node.content = node.content | {write_id}
+        self.acked.add(write_id)
+        return write_id
+
+    def lost_writes(self) -> set[int]:
+        """Acknowledged writes found neither on a primary's disk nor in any kept-aside set."""
+        found: set[int] = set()
+        for node in self._nodes.values():
+            found |= node.aside
+            if node.state.state in PRIMARY_STATES:
+                found |= node.content
+        return self.acked - found
+
+    def _writer(self, every: float) -> Callable[[], Event | None]:
+        def tick() -> Event | None:
+            for name in self._nodes:
+                self.write(name)
+            self._schedule("", every, tick)
+            return None
+
+        return tick
 
     # -- executor -------------------------------------------------------------------------------
 
@@ -347,6 +401,7 @@ class MirrorSim:
             self._send(node, PeerStopAnnounced())
         elif isinstance(action, PreserveDivergentData):
             node.kept_aside.append(action)
+            node.aside = node.aside | (node.content - self.peer_of(node.name).content)
         elif isinstance(action, Log):
             node.logs.append(action.text)
 
@@ -362,6 +417,13 @@ class MirrorSim:
                 return ResyncFailed("simulated failure")
             if not (peer.powered and self.link_up and peer.state.state in PRIMARY_STATES):
                 return ResyncFailed("primary unreachable")
+            # A full copy makes the directories identical; an incremental one only brings the
+            # zones written on the primary, so anything the secondary wrote on its own would stay
+            # (a wrong "incremental" verdict shows up as two different contents).
+            if action.kind is ResyncKind.FULL:
+                node.content = peer.content
+            else:
+                node.content = node.content | peer.content
             return ResyncDone(action.kind, peer.state.data)
 
         self._schedule(node.name, self.resync_time, done)
