@@ -1,10 +1,13 @@
 """``hakitd``: the node daemon (foreground; systemd's hakit.service runs it).
 
 One asyncio event loop, every task in one :class:`asyncio.TaskGroup`: the HTTP API (uvicorn, in
-this loop) and the cluster channel. A crash of any task ends the group, and hakitd exits 1 so that
-systemd restarts a whole daemon instead of leaving a half-alive one.
+this loop), the cluster channel and the supervision of the module engines (one ``python -m
+hakit.engine <module>`` child per configured module, see :mod:`hakit.daemon.supervisor`). A crash
+of any task ends the group, and hakitd exits 1 so that systemd restarts a whole daemon instead of
+leaving a half-alive one.
 
-Signals: SIGTERM and SIGINT stop cleanly (exit 0); SIGHUP reloads cluster.xml and cluster.key, as
+Signals: SIGTERM and SIGINT stop cleanly (exit 0) after stopping every module engine (SIGTERM to
+each, SIGKILL after the module's stop timeouts); SIGHUP reloads cluster.xml and cluster.key, as
 ``POST /api/v1/cluster/reload`` does.
 
 Exit codes: 0 stopped by a signal; 1 crash (a bug: the traceback is in the log); 4 (LocalSystemError)
@@ -133,7 +136,11 @@ async def serve(service: NodeService, http: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     config = uvicorn.Config(
-        create_app(service), log_config=None, access_log=False, lifespan="off", loop="none"
+        create_app(service, service.modules),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        loop="none",
     )
     server = _EmbeddedServer(config)
 

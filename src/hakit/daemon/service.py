@@ -11,6 +11,11 @@ cluster.key again and restarts the channel:
 
 The channel's pulse task is created in the daemon's TaskGroup (:meth:`attach`), so a bug that crashes
 it takes the whole daemon down with a non-zero exit, to be restarted by systemd.
+
+It also owns the module engines (:class:`~hakit.daemon.supervisor.EngineSupervisor`, ``engines``)
+and the module operations of the API (:class:`~hakit.daemon.modules_service.ModulesService`,
+``modules``). A reload gives engines held after exit 78 a new start; :meth:`close` stops every
+engine before the channel.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from typing import Any
 from hakit import __version__
 from hakit.config.cluster import ClusterConfig, load_cluster
 from hakit.daemon.incarnation import next_incarnation
+from hakit.daemon.modules_service import ModulesService
+from hakit.daemon.supervisor import EngineSupervisor
 from hakit.errors import HakitError
 from hakit.net.auth import counters_dict, load_key
 from hakit.net.channel import IGNORED, ChannelPlan, ClusterChannel, plan_channel
@@ -55,6 +62,7 @@ class NodeService:
         clock: Callable[[], float] = time.monotonic,
         incarnation: Callable[[], int] | None = None,
         channel_factory: ChannelFactory | None = None,
+        supervisor: EngineSupervisor | None = None,
     ) -> None:
         self.paths = paths
         self.node = node
@@ -71,10 +79,19 @@ class NodeService:
         self.cluster: ClusterConfig | None = None
         self.problem: str | None = None
         self._running: _Running | None = None
+        # The module engines run with hakitd's node name, whatever the host name says.
+        self.engines = supervisor or EngineSupervisor(
+            paths, environ={**os.environ, "HAKIT_NODE": node}
+        )
+        self.modules = ModulesService(paths, self.engines)
 
-    def attach(self, tg: asyncio.TaskGroup) -> None:
-        """Run the channel's tasks in ``tg`` (the daemon's TaskGroup)."""
+    def attach(self, tg: asyncio.TaskGroup, *, engines: bool = True) -> None:
+        """Run the channel's tasks in ``tg`` (the daemon's TaskGroup); with ``engines``, also
+        start supervising the module engines there."""
         self._tg = tg
+        self.engines.attach(tg)
+        if engines:
+            self.engines.start()
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -138,6 +155,12 @@ class NodeService:
         """
         if self._tg is None:
             raise RuntimeError("NodeService.attach(task_group) must be called before reload()")
+        state = await self._reload(why)
+        # An engine held after exit 78 may run with the new cluster configuration: try again.
+        await self.engines.release_held()
+        return state
+
+    async def _reload(self, why: str) -> dict[str, Any]:
         async with self._lock:
             log.info("loading the cluster configuration (%s)", why)
             try:
@@ -202,6 +225,7 @@ class NodeService:
         running.channel.close()
 
     async def close(self) -> None:
-        """Stop the channel (daemon shutdown)."""
+        """Stop the module engines, then the channel (daemon shutdown)."""
+        await self.engines.close()
         async with self._lock:
             await self._stop_channel()
