@@ -7,7 +7,8 @@ Each mirror module engine sends, every ``pulse``, a sealed datagram (kind ``hb``
 decide: the module name, the local state and readiness, the data generation, the resource states.
 The same payload is sent again at once whenever it changes, so a state change reaches the peer in
 one network round trip instead of one pulse. A clean stop is announced with a burst of ``stopping``
-beats, so the peer takes over at once instead of waiting for the heartbeat timeout.
+beats (a burst carrying ``released``), so the peer takes over at once instead of waiting for the
+heartbeat timeout.
 
 Every valid beat is handed to ``on_beat`` with the monotonic time it arrived; deciding that the peer
 is lost (no valid beat on ANY LAN for ``timeout``) is the decision core's job, not this module's:
@@ -125,10 +126,13 @@ class HeartbeatService:
             self._wake.set()
 
     async def announce_stop(self, payload: Mapping[str, Any]) -> None:
-        """Tell the peer we stop cleanly (a short burst, UDP may lose one)."""
-        self._payload = {**payload, "module": self.module, "stopping": True}
+        """Send ``payload`` as a short burst (UDP may lose one datagram): a clean stop's notice.
+
+        The regular payload is left as it is; the caller sets the next one.
+        """
+        burst = {**payload, "module": self.module}
         for _ in range(STOP_BURST):
-            self._send_all()
+            self._send_all(burst)
             await asyncio.sleep(STOP_SPACING)
 
     def resources(self, now: float) -> dict[str, str]:
@@ -172,13 +176,14 @@ class HeartbeatService:
                     ep.transport.close()
             self._endpoints.clear()
 
-    def _send_all(self) -> None:
+    def _send_all(self, payload: Mapping[str, Any] | None = None) -> None:
         # Each path gets its own sealed copy (own sequence number): identical bytes arriving over a
         # second LAN would be dropped as a replay, hiding that this LAN works.
         for ep in self._endpoints:
             if ep.transport is None:
                 continue
-            data = self._sealer.seal(KIND, {**self._payload, "lan": ep.path.ident})
+            body = self._payload if payload is None else payload
+            data = self._sealer.seal(KIND, {**body, "lan": ep.path.ident})
             try:
                 ep.transport.sendto(data, (ep.path.peer_addr, ep.path.port))
             except OSError:

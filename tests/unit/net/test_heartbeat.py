@@ -75,8 +75,8 @@ def test_beats_flow_both_ways_and_carry_state() -> None:
             )
             now = asyncio.get_running_loop().time()
             assert s2.resources(now) == {"heartbeat.default": "up"}
-            await s1.announce_stop({"state": "STOP", "readiness": "NOT_READY"})
-            await until(lambda: bool(got2[-1].payload.get("stopping")), "stop announced")
+            await s1.announce_stop({"state": "STOP", "readiness": "NotReady", "released": 1})
+            await until(lambda: got2[-1].payload.get("released") == 1, "stop announced")
             assert s2.counters()["accepted"] >= 3
             assert s2.counters()["forged"] == 0
             t1.cancel()
