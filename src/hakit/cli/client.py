@@ -1,8 +1,9 @@
 """``ApiClient``: how the ``hakit`` command talks to the local daemon's REST API.
 
 The daemon's JSON errors ``{"code", "message"}`` come back as the matching :mod:`hakit.errors` class
-(so the CLI exits with the documented code); a daemon that cannot be reached becomes
-:class:`DaemonUnreachable` with the next step to take.
+(so the CLI exits with the documented code), with the whole JSON body in ``details`` and its
+``code`` in ``code``; a daemon that cannot be reached becomes :class:`DaemonUnreachable` with the
+next step to take.
 """
 
 from __future__ import annotations
@@ -24,17 +25,28 @@ DEFAULT_API = "http://127.0.0.1:9010"
 # The daemon answers from memory: a few seconds means it is stuck, not busy.
 TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
-_ERRORS: dict[int, type[HakitError]] = {
-    400: UserConfigError,
-    404: NotFoundError,
-    422: UserConfigError,
-    500: LocalSystemError,
-    502: PeerProtocolError,
-}
-
 
 class DaemonUnreachable(PeerProtocolError):
     """No hakitd answers at the API address (not running, wrong port, firewall)."""
+
+
+class Refused(HakitError):
+    """HTTP 409: a module's engine refused the command (``code`` is the engine's)."""
+
+
+class EngineDown(PeerProtocolError):
+    """HTTP 503 ``engine_down``: the module's engine is not running or does not answer."""
+
+
+_ERRORS: dict[int, type[HakitError]] = {
+    400: UserConfigError,
+    404: NotFoundError,
+    409: Refused,
+    422: UserConfigError,
+    500: LocalSystemError,
+    502: PeerProtocolError,
+    503: EngineDown,
+}
 
 
 class ApiClient:
@@ -46,9 +58,13 @@ class ApiClient:
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: httpx.Timeout = TIMEOUT,
+        http: httpx.Client | None = None,
     ) -> None:
+        """``http``: a ready client to use instead (e.g. a test client of the app itself)."""
         self.base_url = (base_url or os.environ.get("HAKIT_API") or DEFAULT_API).rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = http or httpx.Client(
+            base_url=self.base_url, timeout=timeout, transport=transport
+        )
 
     def __enter__(self) -> ApiClient:
         return self
@@ -60,20 +76,24 @@ class ApiClient:
         """Close the HTTP connection pool."""
         self._http.close()
 
-    def get(self, path: str) -> dict[str, Any]:
-        """``GET /api/v1/<path>`` and return the JSON object."""
-        return self._request("GET", path)
+    def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``GET /api/v1/<path>`` (with query ``params``) and return the JSON object."""
+        return self._request("GET", path, params=params)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """``POST /api/v1/<path>`` with an optional JSON body and return the JSON object."""
         return self._request("POST", path, body)
 
     def _request(
-        self, method: str, path: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         url = f"/api/v1/{path.lstrip('/')}"
         try:
-            response = self._http.request(method, url, json=body)
+            response = self._http.request(method, url, json=body, params=params)
         except httpx.ConnectError:
             raise DaemonUnreachable(
                 f"cannot reach the hakit daemon at {self.base_url}: is hakitd running? "
@@ -96,6 +116,7 @@ class ApiClient:
             cls = _ERRORS.get(response.status_code, PeerProtocolError)
             error = cls(str(data["message"]))
             error.code = str(data.get("code", ""))  # type: ignore[attr-defined]
+            error.details = data  # type: ignore[attr-defined]
             raise error
         raise PeerProtocolError(
             f"{method} {self.base_url}{url}: unexpected answer HTTP {response.status_code} "
