@@ -6,7 +6,8 @@ Each node persists a :class:`DataGeneration` (the idea of DRBD's generation UUID
 
 * ``current`` names the content of the replicated directories. Two nodes with the same
   ``current`` hold the same data. A **new generation starts whenever a primary begins writing
-  without its peer** (entering ALONE, or a replication timeout declaring the peer out of date);
+  without its peer** (entering ALONE, or the replicator declaring the peer out of date because it
+  is about to acknowledge a write the peer will not have);
   the previous ``current`` is pushed onto ``history`` (bounded: an id that fell off the history
   makes the comparison say "unrelated", which costs a full copy but is never wrong).
 * ``status`` says what the node knows about its own data when it cannot see its peer:
@@ -167,17 +168,12 @@ def begin_solo_writing(
     origin: GenerationOrigin,
     role: ModuleState,
 ) -> DataGeneration:
-    """The record of a node that starts writing without an up-to-date peer.
+    """The record of a node that starts writing without an up-to-date peer: a new generation.
 
-    A node already the sole writer of its current generation keeps it (nothing was shared since
-    it began); otherwise a new generation begins and the old one goes to the history.
+    Always a new one, even for a node that was already the sole writer: its peer may have copied
+    the current generation since (a resync that ended just before the peer left), and two nodes
+    holding the same id must hold the same data.
     """
-    if (
-        gen.status is DataStatus.UP_TO_DATE
-        and gen.has_data
-        and origin is not GenerationOrigin.ADMIN
-    ):
-        return replace(gen, last_role=role)
     serial = gen.serial + 1
     history = gen.lineage()[-HISTORY_LIMIT:]
     return replace(

@@ -132,6 +132,8 @@ IGNORE = "ignore"
 STALE = "ignore_stale"
 
 # Stable activities decide at once; a running plan only takes notes and decides when it completes.
+# A replication timeout can come whenever this node may still be the replicating primary (also
+# while it leaves that role); the handler ignores it once replication was stopped.
 _STABLE: dict[type[Event], str] = {
     AdminCommand: "admin",
     CheckerAction: "checker",
@@ -141,7 +143,7 @@ _STABLE: dict[type[Event], str] = {
     ScriptExited: ILLEGAL,
     ResyncDone: STALE,
     ResyncFailed: STALE,
-    PeerOutOfDate: STALE,
+    PeerOutOfDate: "out_of_date",
     WaitCleared: IGNORE,
 }
 _BUSY: dict[type[Event], str] = {
@@ -160,10 +162,10 @@ TRANSITIONS: dict[tuple[ModuleState, Activity], dict[type[Event], str]] = {
     (S.WAIT, A.SCRIPTS): _BUSY,
     (S.WAIT, A.PROBING): _STABLE,
     (S.WAIT, A.BLOCKED): {**_STABLE, WaitCleared: "wakeup"},
-    (S.ALONE, A.IDLE): {**_STABLE, PeerOutOfDate: "out_of_date"},
-    (S.ALONE, A.SCRIPTS): {**_BUSY, PeerOutOfDate: "out_of_date"},
-    (S.PRIM, A.IDLE): {**_STABLE, PeerOutOfDate: "out_of_date"},
-    (S.PRIM, A.SCRIPTS): {**_BUSY, PeerOutOfDate: "out_of_date"},
+    (S.ALONE, A.IDLE): _STABLE,
+    (S.ALONE, A.SCRIPTS): _BUSY,
+    (S.PRIM, A.IDLE): _STABLE,
+    (S.PRIM, A.SCRIPTS): _BUSY,
     (S.SECOND, A.IDLE): _STABLE,
     (S.SECOND, A.SCRIPTS): _BUSY,
     (S.SECOND, A.RESYNCING): {**_STABLE, ResyncDone: "resync_done", ResyncFailed: "resync_failed"},
@@ -189,6 +191,13 @@ class _Out:
 
     def emit(self, *actions: Action) -> None:
         self.actions.extend(actions)
+        for action in actions:
+            # The snapshot remembers what the replicator was told: a replication timeout only
+            # means something while this node is the replicating primary.
+            if isinstance(action, StartReplication):
+                self.s = replace(self.s, replication=action.role)
+            elif isinstance(action, StopReplication):
+                self.s = replace(self.s, replication=None)
 
     def note(self, code: RecordCode, message: str, level: LogLevel | None = LogLevel.EVENT) -> None:
         self.notes.append((code, message))
@@ -1143,6 +1152,9 @@ def _resync_failed(o: _Out, e: ResyncFailed) -> None:
 
 
 def _out_of_date(o: _Out, e: PeerOutOfDate) -> None:
+    if o.s.replication is not ReplicationRole.PRIMARY:
+        o.note(C.STALE, f"late replication timeout ignored in {o.s.state} {o.s.readiness}", None)
+        return
     o.note(C.OUT_OF_DATE, f"Replication to {o.cfg.peer_node} failed ({e.reason}): peer out of date")
     _solo(o, GenerationOrigin.PRIMARY)
     _publish(o)

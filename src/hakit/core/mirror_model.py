@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from hakit.core.actions import Action
+from hakit.core.actions import Action, ReplicationRole
 from hakit.core.events import AdminCommand, CheckerAction, SwapPhase
 from hakit.core.generations import DataGeneration, ResyncKind
 from hakit.core.scripts import ALL_SCRIPTS, ScriptRow, Step
@@ -267,6 +267,7 @@ class MirrorState:
     failover: bool = True
     loop_times: tuple[float, ...] = ()
     rule: str | None = None
+    replication: ReplicationRole | None = None
 
 
 def initial_state(settings: MirrorSettings, data: DataGeneration) -> MirrorState:

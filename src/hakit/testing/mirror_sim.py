@@ -52,7 +52,7 @@ from hakit.core.events import (
     ScriptExited,
     Tick,
 )
-from hakit.core.generations import DataGeneration, ResyncKind
+from hakit.core.generations import DataGeneration, DataStatus, ResyncKind
 from hakit.core.mirror import decide
 from hakit.core.mirror_model import Decision, MirrorSettings, MirrorState, initial_state
 from hakit.core.scripts import ALL_SCRIPTS
@@ -80,6 +80,7 @@ class SimNode:
     boot_id: int = 0
     content: frozenset[int] = frozenset()
     aside: frozenset[int] = frozenset()
+    peer_has_data: bool = False
 
     @property
     def summary(self) -> str:
@@ -301,7 +302,12 @@ class MirrorSim:
         connected = peer.powered and self.link_up and peer.replication is ReplicationRole.SECONDARY
         if connected:
             peer.content = peer.content | {write_id}
-        elif node.state.state is ModuleState.PRIM:
+            node.peer_has_data = True
+        elif node.peer_has_data or node.state.data.status is DataStatus.PAIRED:
+            # The generation is shared with the peer (PAIRED), or the peer got data from this
+            # node (replicated writes, a resync) since the last report: before acknowledging a
+            # write alone, the replicator declares the peer out of date.
+            node.peer_has_data = False
             self.deliver(name, PeerOutOfDate("sendtimeout"))
         node.content = node.content | {write_id}
         self.acked.add(write_id)
@@ -424,6 +430,7 @@ class MirrorSim:
                 node.content = peer.content
             else:
                 node.content = node.content | peer.content
+            peer.peer_has_data = True
             return ResyncDone(action.kind, peer.state.data)
 
         self._schedule(node.name, self.resync_time, done)

@@ -105,7 +105,7 @@ def test_sole_writer_starts_alone_and_orders_its_actions() -> None:
         "start_prim",
         "start_sec",
     ]
-    assert state.data.current == "g1"  # already the sole writer: same generation
+    assert state.data.history == ("g1",)  # a new generation, descending from g1
     assert decisions[-1].record.code == "ready"
     published = [a for a in actions if isinstance(a, PublishState)]
     assert (published[-1].state, published[-1].readiness) == (S.ALONE, R.READY)
