@@ -387,7 +387,7 @@ def _apply_choice(o: _Out, choice: RoleChoice) -> None:
         _enter_prim(o)
     elif choice.target is S.SECOND:
         o.note(choice.code, choice.message)
-        _enter_second(o, choice.resync, choice.keep_aside)
+        _enter_second(o, choice.resync)
     elif choice.wait_reason is None:
         o.note(C.PROBING, choice.message, None)
     elif o.s.activity is A.BLOCKED and o.s.wait_reason is choice.wait_reason:
@@ -422,10 +422,9 @@ def _keep_aside(o: _Out, why: str) -> None:
     o.emit(PreserveDivergentData(data.current, since, why))
 
 
-def _enter_second(o: _Out, resync: ResyncKind, keep_aside: bool) -> None:
-    # ``keep_aside`` was computed by the role choice; it is acted on when the resync starts (the
-    # moment files get overwritten), where _start_resync checks the generations again.
-    del keep_aside
+def _enter_second(o: _Out, resync: ResyncKind) -> None:
+    # Local writes the primary never saw are kept aside when the resync starts (the moment files
+    # get overwritten, with the application stopped): see _start_resync.
     _persist(o, left_pair(o.s.data))
     steps = _script_plan(o, ScriptRow.WAIT_TO_SECOND, "start", acquire=_SECONDARY_ON)
     _run(o, TransitionKind.ENTER_SECOND, steps, Finish.SECOND_ENTERED, resync=resync, rule=None)
@@ -713,7 +712,7 @@ def _force_second(o: _Out, cmd: AdminCommand) -> None:
         return
     kind = ResyncKind.FULL if cmd.fullsync else resync_kind(o.s.data, peer.generation)
     o.note(C.ENTER_SECOND, f"Forced start as secondary ({kind.value} resync)")
-    _enter_second(o, kind, must_keep_aside(o.s.data, peer.generation))
+    _enter_second(o, kind)
 
 
 def _cmd_stop(o: _Out, cmd: AdminCommand) -> None:

@@ -488,3 +488,61 @@ def test_only_existing_scripts_run() -> None:
     assert sim.wait_for("node2", S.ALONE, R.READY)
     assert sim.node("node1").script_names() == ["start_prim", "stop_prim", "stop_prim force"]
     assert sim.node("node2").script_names() == ["start_prim"]
+
+
+def test_alone_node_stop_and_start_rows() -> None:
+    sim = MirrorSim(timeout=TIMEOUT)
+    node1 = sim.node("node1")
+    sim.command("node1", AdminKind.PRIM)
+    assert sim.wait_for("node1", S.ALONE, R.READY)
+    # STOP -> WAIT(Transient), then WAIT -> ALONE
+    assert node1.script_names() == [
+        "transition",
+        "prestart",
+        "transition",
+        "start_both",
+        "start_prim",
+        "start_sec",
+    ]
+    assert node1.scripts[0][1] == ("STOP", "WAIT", "start")
+    assert node1.scripts[2][1] == ("WAIT", "ALONE", "start")
+    before = len(node1.scripts)
+    sim.command("node1", AdminKind.STOP)
+    assert sim.wait_for("node1", S.STOP, R.NOT_READY)
+    # ALONE -> WAIT, then WAIT(Transient) -> STOP
+    assert node1.script_names()[before:] == [
+        "stop_sec",
+        "stop_prim",
+        "stop_both",
+        "transition",
+        "stop_sec force",
+        "stop_prim force",
+        "stop_second force",
+        "stop_both force",
+        "poststop",
+        "transition",
+    ]
+    assert node1.scripts[before][1] == ("ALONE", "WAIT", "stop")
+    assert node1.scripts[before + 4][1] == ("force", "WAIT", "STOP", "stop")
+    # the sole writer starts again by itself
+    sim.command("node1", AdminKind.START)
+    assert sim.wait_for("node1", S.ALONE, R.READY, limit=TIMEOUT + 5)
+
+
+def test_wait_to_second_row() -> None:
+    sim = MirrorSim(timeout=TIMEOUT)
+    sim.command("node1", AdminKind.PRIM)
+    assert sim.wait_for("node1", S.ALONE, R.READY)
+    sim.run_for(2)
+    sim.command("node2", AdminKind.SECOND)
+    assert sim.wait_for("node2", S.SECOND, R.READY)
+    node2 = sim.node("node2")
+    assert node2.script_names() == [
+        "transition",
+        "prestart",
+        "transition",
+        "start_both",
+        "start_second",
+        "start_sec",
+    ]
+    assert node2.scripts[2][1] == ("WAIT", "SECOND", "start")
