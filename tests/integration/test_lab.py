@@ -7,6 +7,7 @@ last one runs the real hakitd on three nodes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import pytest
 
 from hakit.errors import HakitError, LocalSystemError, UserConfigError
 from hakit.lab import HostState, Lab, LabShape, LabState, procs, wait_for
+from hakit.lab.lab import is_hakitd
 from hakit.lab.plan import cluster_xml, compress_ranges, lab_namespaces
 from hakit.lab.state import load_state, save_state
 
@@ -27,6 +29,12 @@ HAKIT = str(Path(sys.executable).parent / "hakit")
 def ping(lab: Lab, src: str, dst_addr: str) -> bool:
     """One ping from host ``src``; True if answered within 1 s."""
     return lab.run(src, ["ping", "-c1", "-W1", "-q", dst_addr]).returncode == 0
+
+
+def process_states(lab: Lab, host: str) -> set[str]:
+    """States (R, S, T...) of ``host``'s processes; those exiting meanwhile are left out."""
+    stats = [procs.stat(pid) for pid in lab.processes(host)]
+    return {st.state for st in stats if st is not None}
 
 
 def addr(lab: Lab, host: str) -> str:
@@ -79,6 +87,16 @@ def test_bad_shapes_are_refused_with_the_option_named(
 ) -> None:
     with pytest.raises(UserConfigError, match=message):
         LabShape.parse(nodes=nodes, client=False, subnet=subnet)
+
+
+def test_hakitd_is_recognised_however_it_was_started() -> None:
+    assert is_hakitd(["/venv/bin/python3", "/venv/bin/hakitd"])
+    assert is_hakitd(["/venv/bin/hakitd", "--http-port", "9010"])
+    assert is_hakitd(["setsid", "-f", "/venv/bin/hakitd"])
+    assert is_hakitd(["python", "-m", "hakit.daemon.main"])
+    assert not is_hakitd(["pgrep", "hakitd"])
+    assert not is_hakitd(["tail", "-f", "/run/hakit-node/var/log/hakit/hakitd.out"])
+    assert not is_hakitd(["sleep", "10"])
 
 
 def test_bad_lab_names_are_refused() -> None:
@@ -244,19 +262,14 @@ def test_status_reports_addresses_free_for_virtual_ips(make_lab) -> None:
 
 def test_freeze_stops_every_process_and_thaw_resumes(make_lab) -> None:
     lab = make_lab(nodes=2, hakitd=False)
-    worker = lab.popen("node1", ["sh", "-c", "while :; do sleep 0.05; done"])
+    worker = lab.popen("node1", ["sh", "-c", "sleep 300 & while :; do sleep 0.05; done"])
     try:
         wait_for(lambda: len(lab.processes("node1")) >= 2, 5, "the worker loop to run")
         assert lab.freeze("node1") >= 2
-        states = {procs.stat(p).state for p in lab.processes("node1")}  # type: ignore[union-attr]
-        assert states == {"T"}
+        assert process_states(lab, "node1") == {"T"}
         assert [h.frozen for h in lab.status().hosts] == [True, False]
         lab.thaw("node1")
-        wait_for(
-            lambda: all(procs.stat(p).state != "T" for p in lab.processes("node1")),  # type: ignore[union-attr]
-            5,
-            "node1's processes to resume",
-        )
+        wait_for(lambda: "T" not in process_states(lab, "node1"), 5, "node1's processes to resume")
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
@@ -268,14 +281,17 @@ def test_kill_is_a_power_loss_and_start_a_fresh_boot(make_lab) -> None:
     anchor = lab.require().host("node1").anchor_pid  # type: ignore[union-attr]
     # A process tree that keeps forking, a private mount and a virtual IP: all gone after a crash.
     forker = lab.popen("node1", ["sh", "-c", "while :; do sleep 30 & sleep 0.01; done"])
-    lab.run("node1", ["mkdir", "-p", "/srv/mnt"], check=True)
-    lab.run("node1", ["mount", "-t", "tmpfs", "none", "/srv/mnt"], check=True)
-    lab.run("node1", ["ip", "addr", "add", "10.213.0.120/24", "dev", "eth0"], check=True)
-    lab.run("node1", ["sh", "-c", "echo kept > /srv/disk"], check=True)
-    wait_for(lambda: len(lab.processes("node1")) >= 3, 5, "the forking loop to run")
-
-    assert lab.kill("node1") >= 3
-    forker.wait(timeout=10)
+    try:
+        lab.run("node1", ["mkdir", "-p", "/srv/mnt"], check=True)
+        lab.run("node1", ["mount", "-t", "tmpfs", "none", "/srv/mnt"], check=True)
+        lab.run("node1", ["ip", "addr", "add", "10.213.0.120/24", "dev", "eth0"], check=True)
+        lab.run("node1", ["sh", "-c", "echo kept > /srv/disk"], check=True)
+        wait_for(lambda: len(lab.processes("node1")) >= 4, 5, "the forking loop to run")
+        assert lab.kill("node1") >= 3  # the shell and its background sleeps, at least
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(forker.pid, signal.SIGKILL)
+        forker.wait(timeout=10)
     assert lab.processes("node1") == []
     assert procs.is_alive(anchor, lab.require().host("node1").anchor_start)  # type: ignore[union-attr]
     assert not ping(lab, "node2", a1)  # a powered-off server answers nothing

@@ -126,7 +126,7 @@ def _print_status(status: LabStatus) -> None:
             state = "frozen"
         else:
             state = "on"
-        if h.role != "node":
+        if h.role != "node" or not status.hakitd:
             hakitd = "-"
         else:
             hakitd = f"running (pid {h.hakitd_pid})" if h.hakitd_pid else "not running"

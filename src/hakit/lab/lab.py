@@ -99,6 +99,7 @@ class LabStatus:
     lab: str
     subnet: str
     state_dir: str
+    hakitd: bool  # False: a lab of bare hosts (`up --no-hakitd`)
     hosts: tuple[HostStatus, ...]
     vip_free: tuple[str, ...]
 
@@ -122,9 +123,23 @@ def lab_name_from_env(environ: Mapping[str, str] | None = None) -> str:
 
 
 def is_hakitd(argv: Sequence[str]) -> bool:
-    """True if ``argv`` is a hakitd process (the console script, ``-m``, or being launched)."""
-    head = list(argv[:3])
-    return any(os.path.basename(a) == "hakitd" or a == "hakit.daemon.main" for a in head)
+    """True if ``argv`` is a hakitd process: the console script, ``python -m``, or being launched.
+
+    Only the program (and for Python, the script or module) counts, so that ``pgrep hakitd`` or
+    ``tail hakitd.out`` running on a node are not mistaken for the daemon.
+    """
+    args = list(argv)
+    if args and os.path.basename(args[0]) == "setsid":  # how the lab launches it
+        args = args[1:]
+        while args and args[0].startswith("-"):
+            args = args[1:]
+    if not args:
+        return False
+    if os.path.basename(args[0]) == "hakitd":
+        return True
+    if os.path.basename(args[0]).startswith("python") and len(args) > 1:
+        return os.path.basename(args[1]) == "hakitd" or args[1:3] == ["-m", "hakit.daemon.main"]
+    return False
 
 
 def _run(argv: Sequence[str], what: str, timeout: float = 30.0) -> str:
@@ -253,7 +268,14 @@ class Lab:
             )
             used |= self._addresses(hs.netns)
         free = tuple(a for a in state.shape.vip_candidates() if a not in used)
-        return LabStatus(self.name, state.shape.subnet, str(self.dir), tuple(hosts), free)
+        return LabStatus(
+            lab=self.name,
+            subnet=state.shape.subnet,
+            state_dir=str(self.dir),
+            hakitd=state.shape.hakitd,
+            hosts=tuple(hosts),
+            vip_free=free,
+        )
 
     # ------------------------------------------------------------------ running commands on hosts
 
