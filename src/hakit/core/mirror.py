@@ -443,7 +443,11 @@ def _finish_ready(o: _Out, t: Transition) -> None:
 
 def _finish_probe(o: _Out, t: Transition) -> None:
     intent = t.intent
-    if intent is not None and intent.kind in (AdminKind.PRIM, AdminKind.PRIMFORCE):
+    if o.s.pending is not None:
+        # A stop came during the start-up scripts: honour it before choosing any role.
+        _enter(o, S.WAIT, R.TRANSIENT, A.PROBING)
+        _settle(o)
+    elif intent is not None and intent.kind in (AdminKind.PRIM, AdminKind.PRIMFORCE):
         _force_primary(o, intent)
     elif intent is not None and intent.kind is AdminKind.SECOND:
         _force_second(o, intent)
@@ -844,6 +848,10 @@ def _checker(o: _Out, c: CheckerAction) -> None:
         _stop(o, "stop")
         return
     running = state in (S.ALONE, S.PRIM, S.SECOND)
+    if c.kind is CheckerKind.WAIT and o.s.wait_reason is WaitReason.RESOURCE:
+        # The failover machine repeats its verdict while the resource is down: one wait counts.
+        o.note(C.IGNORED, "already waiting for a resource", None)
+        return
     if c.kind is CheckerKind.RESTART and not (running and o.s.activity is A.IDLE):
         o.note(C.IGNORED, f"restart ignored in {state} {o.s.readiness}")
         return

@@ -461,13 +461,15 @@ def test_forcestop_aborts_the_running_script() -> None:
     ]
 
 
-def test_stop_during_a_transition_is_queued() -> None:
+def test_stop_during_a_transition_is_queued_and_runs_when_it_ends() -> None:
     sim = MirrorSim(timeout=TIMEOUT)
     sim.command("node1", AdminKind.PRIM)
+    assert sim.wait_for("node1", S.ALONE, R.TRANSIENT)
     decision = sim.command("node1", AdminKind.STOP)
     assert decision.record.code == "queued"
     assert sim.wait_for("node1", S.STOP, R.NOT_READY)
-    assert "start_prim" in sim.node("node1").script_names()
+    names = sim.node("node1").script_names()
+    assert names.index("start_sec") < names.index("stop_sec")  # the start completed first
 
 
 def test_failed_start_script_is_logged_and_the_sequence_goes_on() -> None:
@@ -546,3 +548,24 @@ def test_wait_to_second_row() -> None:
         "start_sec",
     ]
     assert node2.scripts[2][1] == ("WAIT", "SECOND", "start")
+
+
+def test_repeated_wait_verdicts_count_once() -> None:
+    sim = paired_sim()
+    wait = CheckerAction(CheckerKind.WAIT, identity="ping", rule="p_gw")
+    sim.deliver("node2", wait)
+    assert sim.wait_for("node2", S.WAIT, R.NOT_READY)
+    for _ in range(5):  # the failover machine repeats its verdict every period
+        assert sim.deliver("node2", wait).record.code == "ignored"
+    assert len(sim.node("node2").state.loop_times) == 1
+    assert sim.node("node2").summary == "WAIT NotReady"
+
+
+def test_stop_queued_during_start_scripts_stops_before_any_role() -> None:
+    sim = MirrorSim(timeout=TIMEOUT)
+    sim.command("node1", AdminKind.PRIM)
+    assert sim.command("node1", AdminKind.STOP).record.code == "queued"
+    assert sim.wait_for("node1", S.STOP, R.NOT_READY)
+    node1 = sim.node("node1")
+    assert "start_prim" not in node1.script_names()
+    assert not node1.vip
