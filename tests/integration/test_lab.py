@@ -349,6 +349,20 @@ def test_up_fails_cleanly_when_hakitd_cannot_start(lab_name: str) -> None:
     assert _lab_traces(lab, set()) == []
 
 
+def test_up_without_a_daemon_in_this_installation_fails_before_creating_anything(
+    lab_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hakit.lab.lab as lab_module
+
+    monkeypatch.setattr(lab_module.importlib.util, "find_spec", lambda name: None)
+    lab = Lab(lab_name)
+    lab.down()
+    with pytest.raises(LocalSystemError, match="hakitd is not available"):
+        lab.up(nodes=2)
+    assert lab.load() is None
+    assert _lab_traces(lab, set()) == []
+
+
 def test_commands_on_a_missing_lab_say_what_to_do(lab_name: str) -> None:
     lab = Lab(lab_name)
     lab.down()
