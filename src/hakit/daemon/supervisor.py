@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hakit.errors import NotFoundError
+from hakit.errors import HakitError, NotFoundError
 from hakit.modules.store import MODULE_JSON
 from hakit.paths import NodePaths
 
@@ -78,7 +78,11 @@ def engine_stop_timeout(paths: NodePaths, module: str) -> float:
     from hakit.config.userconfig import load_userconfig
 
     scripts = DEFAULT_STOP_SCRIPTS
-    config, _ = load_userconfig(paths.module_active(module) / "conf" / "userconfig.xml")
+    try:
+        config, _ = load_userconfig(paths.module_active(module) / "conf" / "userconfig.xml")
+    except (HakitError, OSError) as exc:
+        log.warning("module %s: stop timeout from defaults (%s)", module, exc)
+        config = None
     if config is not None:
         scripts = 0.0
         if config.user is not None:
@@ -283,7 +287,11 @@ class EngineSupervisor:
     async def run(self) -> None:
         """Reconcile with the active directory every ``poll_interval`` seconds, until cancelled."""
         while not self._closing:
-            await self.reconcile()
+            try:
+                await self.reconcile()
+            except OSError as exc:
+                # e.g. the active directory unreadable for a moment: the engines keep running.
+                log.error("cannot scan %s for configured modules: %s", self.paths.active, exc)
             await asyncio.sleep(self._poll_interval)
 
     async def reconcile(self) -> None:
