@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
+from typing import Any
 
 from hakit.core.states import ModuleState
+from hakit.errors import PeerProtocolError
 
 #: How many past generation ids a node remembers. Beyond this, comparisons answer UNRELATED.
 HISTORY_LIMIT = 32
@@ -94,6 +96,55 @@ class DataGeneration:
     def lineage(self) -> tuple[str, ...]:
         """All generation ids this node's data descends from, ``current`` included."""
         return (*self.history, self.current) if self.current else self.history
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form, for the module database and the heartbeat payload."""
+        return {
+            "current": self.current,
+            "history": list(self.history),
+            "status": self.status.value,
+            "origin": self.origin.value,
+            "interrupted_resync": self.interrupted_resync,
+            "full_sync_required": self.full_sync_required,
+            "last_role": self.last_role.value if self.last_role is not None else None,
+            "serial": self.serial,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "generation record") -> DataGeneration:
+        """Parse :meth:`to_dict`'s form; ``source`` names where it came from in errors.
+
+        Raises ``PeerProtocolError`` naming the field when a value is missing or malformed (a
+        peer's heartbeat, or a database row written by an incompatible version).
+        """
+        if not isinstance(data, dict):
+            raise PeerProtocolError(f"{source}: expected an object, got {type(data).__name__}")
+
+        def field(name: str, kind: type) -> Any:
+            value = data.get(name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise PeerProtocolError(
+                    f"{source}: field {name!r} must be {kind.__name__}, got {value!r}"
+                )
+            return value
+
+        history = field("history", list)
+        if not all(isinstance(item, str) for item in history):
+            raise PeerProtocolError(f"{source}: field 'history' must list generation ids")
+        last_role = data.get("last_role")
+        try:
+            return cls(
+                current=field("current", str),
+                history=tuple(history[-HISTORY_LIMIT:]),
+                status=DataStatus(field("status", str)),
+                origin=GenerationOrigin(field("origin", str)),
+                interrupted_resync=field("interrupted_resync", bool),
+                full_sync_required=field("full_sync_required", bool),
+                last_role=None if last_role is None else ModuleState(last_role),
+                serial=field("serial", int),
+            )
+        except ValueError as exc:
+            raise PeerProtocolError(f"{source}: {exc}") from None
 
 
 def new_generation_id(node: str, incarnation: str, serial: int) -> str:

@@ -149,3 +149,46 @@ def test_forced_primary_clears_inconsistency_and_asks_full_copy() -> None:
     record = forced_primary(gen("a", interrupted_resync=True), full_sync=True)
     assert not record.interrupted_resync and record.full_sync_required
     assert paired(record, ModuleState.PRIM).full_sync_required is False
+
+
+def test_record_round_trips_through_its_json_form() -> None:
+    import json
+
+    record = DataGeneration(
+        "n1.i.3",
+        ("n1.i.1", "n2.j.2"),
+        DataStatus.PAIRED,
+        GenerationOrigin.FAILOVER,
+        interrupted_resync=True,
+        full_sync_required=True,
+        last_role=ModuleState.SECOND,
+        serial=3,
+    )
+    assert DataGeneration.from_dict(json.loads(json.dumps(record.to_dict()))) == record
+    assert DataGeneration.from_dict(EMPTY.to_dict()) == EMPTY
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"serial": "3"}, "field 'serial' must be int"),
+        ({"serial": True}, "field 'serial' must be int"),
+        ({"history": ["a", 1]}, "field 'history' must list generation ids"),
+        ({"status": "fresh"}, "'fresh' is not a valid DataStatus"),
+        ({"last_role": "MASTER"}, "'MASTER' is not a valid ModuleState"),
+    ],
+)
+def test_malformed_record_names_the_field(change: dict[str, object], fragment: str) -> None:
+    from hakit.errors import PeerProtocolError
+
+    data = {**EMPTY.to_dict(), **change}
+    with pytest.raises(PeerProtocolError, match=fragment) as info:
+        DataGeneration.from_dict(data, "heartbeat from node2")
+    assert str(info.value).startswith("heartbeat from node2: ")
+
+
+def test_non_object_record_is_rejected() -> None:
+    from hakit.errors import PeerProtocolError
+
+    with pytest.raises(PeerProtocolError, match="expected an object, got list"):
+        DataGeneration.from_dict([], "db row")
