@@ -307,6 +307,16 @@ def test_kill_is_a_power_loss_and_start_a_fresh_boot(make_lab) -> None:
     assert lab.start("node1") == "node1: already running (it runs no hakitd)"
 
 
+def test_start_repairs_a_host_whose_anchor_was_killed_from_outside(make_lab) -> None:
+    lab = make_lab(nodes=2, hakitd=False)
+    os.kill(lab.require().host("node2").anchor_pid, signal.SIGKILL)  # type: ignore[union-attr]
+    wait_for(lambda: not lab.status().hosts[1].alive, 5, "node2's anchor to die")
+    with pytest.raises(LocalSystemError, match="lost its anchor"):
+        lab.run("node2", ["true"])
+    assert lab.start("node2") == "node2: powered on"
+    assert ping(lab, "node1", addr(lab, "node2"))
+
+
 # ---------------------------------------------------------------------- the command line
 
 

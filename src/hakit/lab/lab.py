@@ -221,16 +221,20 @@ class Lab:
 
     def host(self, name: str, state: LabState | None = None) -> HostState:
         """Host ``name`` of the lab, checked to be alive."""
-        st = state or self.require()
-        hs = st.host(name)
-        if hs is None:
-            names = ", ".join(h.name for h in st.hosts)
-            raise NotFoundError(f"lab {self.name!r} has no host {name!r} (hosts: {names})")
+        hs = self._record(name, state or self.require())
         if not procs.is_alive(hs.anchor_pid, hs.anchor_start):
             raise LocalSystemError(
                 f"lab {self.name!r}: host {name} lost its anchor process {hs.anchor_pid} "
                 "(killed from outside the lab?); run `hakit lab down` then `hakit lab up`"
             )
+        return hs
+
+    def _record(self, name: str, state: LabState) -> HostState:
+        """Host ``name`` as recorded (alive or not); NotFoundError naming the lab's hosts."""
+        hs = state.host(name)
+        if hs is None:
+            names = ", ".join(h.name for h in state.hosts)
+            raise NotFoundError(f"lab {self.name!r} has no host {name!r} (hosts: {names})")
         return hs
 
     def processes(self, host: str) -> list[int]:
@@ -463,9 +467,10 @@ class Lab:
         """
         with self._locked():
             state = self.require()
-            hs = self.host(host, state)
+            hs = self._record(host, state)
             runs_hakitd = hs.is_node and state.shape.hakitd
-            if not hs.powered:
+            # A host whose anchor died (killed from outside the lab) boots like after a power loss.
+            if not hs.powered or not procs.is_alive(hs.anchor_pid, hs.anchor_start):
                 hakitd = self._hakitd_path() if runs_hakitd else ""
                 hs = self._boot(hs)
                 save_state(self.state_file, state.with_host(hs))
@@ -633,6 +638,7 @@ class Lab:
             )
         state = self.require()
         self._net_reset(hs.netns, hs.addr)
+        _ip("-n", hs.netns, "neigh", "flush", "all", what=f"boot {hs.name}")  # ARP cache is RAM
         if shutil.which("nft"):
             # A farm module leaves nftables rules behind; a rebooted server has none.
             _run(["ip", "netns", "exec", hs.netns, "nft", "flush", "ruleset"], f"boot {hs.name}")
