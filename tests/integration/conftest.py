@@ -6,7 +6,8 @@ Fixtures:
   lab with that shape (removing a lab of another shape first) and returns the :class:`Lab`, whose
   ``run(host, argv)`` runs a command on a host and captures its output. The lab is always removed
   after the test, also when it fails or is interrupted.
-* ``lab_name``: the session's lab name (``hkt<pid>``: unique, short).
+* ``lab_name``: the session's lab name (``hkt<pid>``: unique, short). Labs left by earlier
+  sessions that died without cleaning up (their pid is gone) are removed first.
 
 Every test here is skipped, with the reason, when the machine cannot host a lab (not root, or no
 ``ip netns``/``nsenter``).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from hakit.lab import Lab
+from hakit.lab.lab import STATE_BASE
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,9 +66,25 @@ def _safe_down(name: str) -> None:
         Lab(name).down()
 
 
+def _remove_labs_of_dead_sessions() -> None:
+    """Labs ``hkt<pid>...`` whose pytest process is gone (killed with SIGKILL, machine crash...)."""
+    names = set(re.findall(r"^(hkt\d+b?)-", _run_text(["ip", "netns", "list"]), re.MULTILINE))
+    if STATE_BASE.is_dir():
+        names |= {p.name for p in STATE_BASE.iterdir() if re.fullmatch(r"hkt\d+b?", p.name)}
+    for name in sorted(names):
+        pid = re.sub(r"\D", "", name)
+        if not Path(f"/proc/{pid}").exists():
+            _safe_down(name)
+
+
+def _run_text(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
 @pytest.fixture(scope="session")
 def lab_name() -> Iterator[str]:
     """This session's lab name; the lab is removed at session end and at interpreter exit."""
+    _remove_labs_of_dead_sessions()
     name = f"hkt{os.getpid()}"
     atexit.register(_safe_down, name)  # also after Ctrl-C, when fixtures may not be finalized
     try:
