@@ -929,7 +929,10 @@ def _note_peer(o: _Out, event: HeartbeatReceived | PeerStopAnnounced | Tick) -> 
 
 def _eval_probing(o: _Out) -> None:
     s = o.s
-    if not s.peer.known and o.now - s.since < o.cfg.timeout:
+    # Without news of the peer, wait one heartbeat timeout before concluding it is not running
+    # (unless it told us it stopped).
+    silent = not s.peer.known and s.peer.gone is not PeerGone.STOPPED
+    if silent and o.now - s.since < o.cfg.timeout:
         return
     _apply_choice(o, choose_role(s.data, s.peer, o.cfg, failover=s.failover))
 
@@ -1241,6 +1244,8 @@ def render_table() -> str:
             f"`{name}{' force' if call.value == 'force' else ''}`" for name, call in calls
         )
         lines.append(f"| {script_row.label} | {names} |")
+    lines += ["", "### Decision record codes (`RecordCode`)", ""]
+    lines.append(", ".join(f"`{code}`" for code in RecordCode))
     return "\n".join(lines) + "\n"
 
 
