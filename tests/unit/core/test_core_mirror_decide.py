@@ -220,3 +220,37 @@ def test_settings_errors_name_the_field(kwargs: dict[str, object], fragment: str
     base.update(kwargs)
     with pytest.raises(UserConfigError, match=fragment.replace("(", r"\(")):
         MirrorSettings(**base)  # type: ignore[arg-type]
+
+
+def test_replication_timeout_during_the_stop_of_a_primary_starts_a_new_generation() -> None:
+    # The application may still write while stop_prim runs: a write the peer misses must not
+    # stay under the generation the peer holds.
+    from hakit.core.events import PeerOutOfDate
+
+    state, _, _ = run(initial_state(CFG, SOLE), AdminCommand(AdminKind.PRIM), 0.0)
+    before = state.data.current
+    state = decide(state, AdminCommand(AdminKind.STOP), 1.0, CFG).state
+    assert (state.state, state.activity) == (S.WAIT, Activity.SCRIPTS)  # stop_sec running
+    d = decide(state, PeerOutOfDate("sendtimeout"), 1.1, CFG)
+    assert d.record.code == "peer_out_of_date"
+    assert d.state.data.current != before
+    assert any(isinstance(a, PersistGeneration) for a in d.actions)
+
+
+def test_replication_timeout_after_replication_stopped_is_stale() -> None:
+    from hakit.core.events import PeerOutOfDate
+
+    state, _, _ = run(initial_state(CFG, SOLE), AdminCommand(AdminKind.PRIM), 0.0)
+    state, _, _ = run(state, AdminCommand(AdminKind.STOP), 1.0)
+    assert state.state is S.STOP and state.replication is None
+    d = decide(state, PeerOutOfDate("sendtimeout"), 2.0, CFG)
+    assert d.record.code == "stale" and d.state == state and d.actions == ()
+
+
+def test_start_after_the_peer_announced_its_stop_does_not_wait_for_the_timeout() -> None:
+    state = decide(initial_state(CFG, SHARED), heartbeat(S.PRIM), 0.0, CFG).state
+    state = decide(state, PeerStopAnnounced(), 0.5, CFG).state
+    state, _, _ = run(state, AdminCommand(AdminKind.START), 1.0)
+    # decided right after the start-up scripts: shared data and no running peer -> WAIT NotReady
+    assert (state.state, state.readiness) == (S.WAIT, R.NOT_READY)
+    assert state.wait_reason is WaitReason.NOT_UPTODATE
