@@ -1231,7 +1231,7 @@ def render_table() -> str:
     for kind in TransitionKind:
         lines.append(f"    {kind.origin} --> {kind.target} : {kind.name} ({kind.trigger})")
     lines += [
-        "    WAIT --> WAIT : probing -> blocked (not up to date, waiting for the peer or a resource)",
+        "    WAIT --> WAIT : probing, then blocked (not up to date, waiting for the peer or a resource)",
         "```",
         "",
         "### Script automaton (`SCRIPT_TABLE`, reference §5.3)",

@@ -207,8 +207,8 @@ class TransitionKind(enum.Enum):
         S.WAIT,
         "stop / stopstart / wait / failover off",
     )
-    FINISH_STOP = (ScriptRow.WAIT_TO_STOP, S.WAIT, S.STOP, "stop (after the X -> WAIT leg)")
-    FORCESTOP = (ScriptRow.WAIT_TO_STOP, S.WAIT, S.STOP, "forcestop (from any state)")
+    FINISH_STOP = (ScriptRow.WAIT_TO_STOP, S.WAIT, S.STOP, "stop, after the leave leg")
+    FORCESTOP = (ScriptRow.WAIT_TO_STOP, S.WAIT, S.STOP, "forcestop, from any state")
 
     @property
     def row(self) -> ScriptRow:
