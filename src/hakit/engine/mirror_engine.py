@@ -636,7 +636,7 @@ class MirrorEngine:
                 "readiness": peer.readiness.value if peer.readiness is not None else "Unknown",
                 "reachable": peer.known,
             },
-            "data": codec.generation_to_dict(s.data),
+            "data": s.data.to_dict(),
             "wait_reason": s.wait_reason.message if s.wait_reason is not None else None,
             "resources": resources,
             "script": self._script.action.name if self._script is not None else None,
