@@ -21,7 +21,8 @@ from hakit.errors import UserConfigError
 
 _MODULE_CONF = "conf/userconfig.xml"
 _CLUSTER_ROOT = re.compile(
-    rb"^(\xef\xbb\xbf)?\s*(<\?xml[^>]*\?>\s*)?(<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<cluster\b", re.DOTALL
+    rb"^(\xef\xbb\xbf)?\s*(<\?xml[^>]*\?>\s*)?(<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<cluster\b",
+    re.DOTALL,
 )
 
 
