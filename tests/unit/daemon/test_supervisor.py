@@ -402,3 +402,71 @@ def test_polling_loop_picks_up_new_modules(tmp_path: Path) -> None:
         await until(lambda: sup.is_alive("web"), "started by the poll loop")
 
     run(sup, scenario)
+
+
+# -- with the API ---------------------------------------------------------------------------------
+
+
+def test_api_over_real_engines_and_the_health_check(tmp_path: Path) -> None:
+    """hakitd's pieces together: NodeService, the supervisor, the app, a real fake engine."""
+    import signal
+
+    import httpx
+
+    from hakit.api.app import create_app
+    from hakit.daemon.service import NodeService
+
+    sleep = RecordingSleep(limit=1)  # after a crash, no automatic restart: the test restarts it
+    sup = make_supervisor(tmp_path, sleep)
+    paths = sup.paths
+    paths.module_source("web").mkdir()
+    configure(paths, "web", "serve")
+    service = NodeService(paths, "node1", supervisor=sup)
+    ready = paths.module_state("web") / "ready.txt"
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=create_app(service, service.modules))
+        async with httpx.AsyncClient(transport=transport, base_url="http://hakitd") as api:
+
+            async def health() -> int:
+                return (await api.get("/var/modules/web/ready.txt")).status_code
+
+            await sup.reconcile()
+            first = await ask_state(sup, "web")
+            assert (await api.get("/api/v1/modules/web/state")).json()["pid"] == first["pid"]
+            answer = await api.post("/api/v1/modules/web/command", json={"command": "start"})
+            assert answer.status_code == 200 and answer.json()["ok"] is True
+            rows = (await api.get("/api/v1/modules")).json()["modules"]
+            assert rows[0]["name"] == "web" and rows[0]["engine"]["alive"] is True
+
+            assert await health() == 404  # engine alive, no ready.txt
+            paths.module_state("web").mkdir(parents=True, exist_ok=True)
+            ready.write_text("")
+            assert await health() == 200
+
+            assert isinstance(first["pid"], int)
+            os.kill(first["pid"], signal.SIGKILL)  # the engine dies; ready.txt stays behind
+            await until(lambda: not sup.is_alive("web"), "seen dead")
+            assert await health() == 404
+            down = await api.get("/api/v1/modules/web/state")
+            assert down.status_code == 503 and down.json()["code"] == "engine_down"
+            assert down.json()["engine"]["last_exit"] == -signal.SIGKILL
+
+            answer = await api.post("/api/v1/modules/web/reload")
+            assert answer.status_code == 200, answer.text
+            second = await ask_state(sup, "web")
+            assert second["pid"] != first["pid"]
+            assert await health() == 200
+            gone = await api.post("/api/v1/modules/nope/reload")
+            assert gone.status_code == 404
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            service.attach(tg, engines=False)
+            try:
+                await scenario()
+            finally:
+                await service.close()
+
+    asyncio.run(main())
+    assert sleep.delays == [1]
