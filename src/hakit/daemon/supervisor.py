@@ -17,8 +17,9 @@ symbolic link atomically). For each configured module hakitd runs ``python -m ha
   changes or hakitd reloads (:meth:`EngineSupervisor.release_held`).
 
 Stopping an engine (module removed, restart, hakitd shutdown) sends SIGTERM, which the engine
-handles as ``hakit stop`` (scripts, VIP, announce to the peer) before exiting; after
-``nicestoptimeout + forcestoptimeout`` of the module plus a margin, SIGKILL.
+handles as ``hakit stop`` (scripts, VIP, announce to the peer) before exiting; SIGKILL only once
+the engine's own stop limit (from the module's ``nicestoptimeout`` and ``forcestoptimeout``) has
+passed, plus a margin (:func:`engine_stop_timeout`).
 
 Each engine's stdout and stderr are appended to ``var/log/hakit/engine-<module>.log``, with a line
 from hakitd at each start and exit. Everything runs in the daemon's TaskGroup, as asyncio
@@ -51,7 +52,8 @@ POLL_INTERVAL = 2.0
 FIRST_DELAY = 1.0
 MAX_DELAY = 30.0
 STABLE_AFTER = 60.0  # an engine that lived this long crashed for a new reason: back-off resets
-STOP_MARGIN = 30.0  # beyond the module's own stop timeouts (VIP removal, peer announcement)
+ENGINE_STOP_BASE = 60.0  # the engine's own stop limit: this + 2 * (nice + force stop timeouts)
+STOP_MARGIN = 30.0  # beyond the engine's own limit: only a stuck engine is killed
 DEFAULT_STOP_SCRIPTS = 600.0  # nicestoptimeout + forcestoptimeout defaults, when unreadable
 
 EngineCommand = Callable[[str], Sequence[str]]
@@ -71,9 +73,11 @@ def engine_log_path(paths: NodePaths, module: str) -> Path:
 def engine_stop_timeout(paths: NodePaths, module: str) -> float:
     """How long to wait after SIGTERM before SIGKILL (blocking: reads the active userconfig.xml).
 
-    The engine may have to run ``stop_xx`` scripts (up to ``nicestoptimeout``, then the forced call
-    up to ``forcestoptimeout``) before it exits; a configuration that cannot be read gets the
-    defaults of both.
+    The engine may have to run its stop scripts (each up to ``nicestoptimeout``, then the forced
+    call up to ``forcestoptimeout``) before it exits, and gives itself ``ENGINE_STOP_BASE + 2 *
+    (nicestoptimeout + forcestoptimeout)`` for that (``hakit.engine.__main__``); hakitd waits
+    ``STOP_MARGIN`` more, so that it only kills an engine that is stuck. A configuration that
+    cannot be read gets the defaults of both timeouts.
     """
     from hakit.config.userconfig import load_userconfig
 
@@ -87,7 +91,7 @@ def engine_stop_timeout(paths: NodePaths, module: str) -> float:
         scripts = 0.0
         if config.user is not None:
             scripts = config.user.nicestoptimeout + config.user.forcestoptimeout
-    return scripts + STOP_MARGIN
+    return ENGINE_STOP_BASE + 2 * scripts + STOP_MARGIN
 
 
 class EngineState(enum.Enum):

@@ -25,6 +25,7 @@ from hakit.daemon.supervisor import (
     EngineState,
     EngineSupervisor,
     engine_log_path,
+    engine_stop_timeout,
     read_active_copy,
     scan_active,
 )
@@ -177,6 +178,23 @@ def test_scan_active_sees_configured_modules_only(tmp_path: Path) -> None:
     assert copies["web"] == ActiveCopy(str((paths.active / ".web.s1").resolve()), "s1")
     assert read_active_copy(paths, "dangling") is None
     assert read_active_copy(paths, "absent") is None
+
+
+def test_stop_timeout_outlasts_the_engines_own_limit(tmp_path: Path) -> None:
+    paths = NodePaths(tmp_path)
+    version = configure(paths, "web", "serve")
+    (version / "conf").mkdir()
+    conf = version / "conf" / "userconfig.xml"
+    conf.write_text(
+        '<safe><service mode="mirror"><heart><heartbeat name="default"/></heart>'
+        '<user nicestoptimeout="10s" forcestoptimeout="5s"/></service></safe>'
+    )
+    assert engine_stop_timeout(paths, "web") == 60 + 2 * 15 + 30
+    conf.write_text(
+        '<safe><service mode="mirror"><heart><heartbeat name="default"/></heart></service></safe>'
+    )
+    assert engine_stop_timeout(paths, "web") == 60 + 30  # no <user>: no scripts to wait for
+    assert engine_stop_timeout(paths, "absent") == 60 + 2 * 600 + 30  # unreadable: defaults
 
 
 def test_scan_without_active_directory(tmp_path: Path) -> None:
