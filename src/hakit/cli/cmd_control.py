@@ -17,6 +17,7 @@ state cannot be known; ``waitstate`` exits 1 on timeout. See docs/cli.md.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -186,16 +187,28 @@ def failover(ctx: click.Context, value: str, module: str, identity: str | None) 
     help="Print nothing; exit with the state: STOP 0, WAIT 1, ALONE 2, UP 2, PRIM 3, SECOND 4, "
     f"unknown {LQ_UNKNOWN}.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the API's answer as JSON (scripts, tests)."
+)
 @click.pass_context
-def state(ctx: click.Context, module: str | None, verbose: bool, exit_code: bool) -> None:
+def state(
+    ctx: click.Context, module: str | None, verbose: bool, exit_code: bool, as_json: bool
+) -> None:
     """Show the state of every module, or of one with -m."""
     if exit_code:
         ctx.exit(_state_code(module))
     with _client() as api:
         if module is None:
-            _print_all(api.get("modules")["modules"])
+            modules = api.get("modules")["modules"]
+            if as_json:
+                click.echo(json.dumps(modules, indent=1))
+            else:
+                _print_all(modules)
             return
         answer = _module_state(api, module)
+    if as_json:
+        click.echo(json.dumps(answer, indent=1))
+        return
     click.echo(f"{module}  {state_label(answer.get('state'), answer.get('readiness'))}")
     if verbose:
         _print_details(answer)
