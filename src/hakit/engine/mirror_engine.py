@@ -78,7 +78,7 @@ from hakit.daemon.files import write_atomically
 from hakit.engine import codec
 from hakit.engine.modlog import Level, ModuleLog
 from hakit.engine.scripts import ScriptRequest, ScriptRunner
-from hakit.errors import PeerProtocolError, UserConfigError
+from hakit.errors import HakitError, PeerProtocolError, UserConfigError
 from hakit.net.heartbeat import Beat, HeartbeatPath, default_port
 from hakit.net.vip import Vip, VipPort
 
@@ -333,7 +333,7 @@ class MirrorEngine:
         self.heartbeat.set_payload(self._payload())
         for mv in self.spec.vips:
             # A previous engine that died while primary left its VIP: a stopped module holds none.
-            if self.vip.remove(mv.vip):
+            if await asyncio.to_thread(self.vip.remove, mv.vip):
                 self.modlog.append(
                     "vipplug",
                     Level.EVENT,
@@ -371,7 +371,7 @@ class MirrorEngine:
     async def _consume(self) -> None:
         while True:
             event = await self._queue.get()
-            self._step(event)
+            await self._step(event)
 
     async def _decide_now(self, event: Event) -> Decision:
         # Commands are decided in queue order too: wait until everything queued before is done.
@@ -379,7 +379,7 @@ class MirrorEngine:
         self._queue.put_nowait(_Await(event, done))
         return await done
 
-    def _step(self, item: Event | _Await) -> Decision:
+    async def _step(self, item: Event | _Await) -> Decision:
         event = item.event if isinstance(item, _Await) else item
         before = self.state
         decision = decide(before, event, self.clock(), self.spec.settings)
@@ -390,7 +390,7 @@ class MirrorEngine:
                 "%s -> %s: %s", type(event).__name__, decision.record.code, decision.record.message
             )
         for action in decision.actions:
-            self._perform(action)
+            await self._perform(action)
         if isinstance(event, AdminCommand):
             self._remember_intent(event)
         if (before.state, before.readiness) != (self.state.state, self.state.readiness):
@@ -400,7 +400,10 @@ class MirrorEngine:
         return decision
 
     # --- actions --------------------------------------------------------------------------
-    def _perform(self, action: Action) -> None:
+    async def _perform(self, action: Action) -> None:
+        """Perform one action; all are quick. Netlink calls run in a worker thread (pyroute2's
+        synchronous API runs its own event loop), awaited so that actions stay in order: the VIP
+        is down before the stop is announced to the peer that will take it."""
         match action:
             case Log(level=level, text=text):
                 self.modlog.append(COMPONENT, _LEVELS[level], text)
@@ -414,7 +417,7 @@ class MirrorEngine:
                 if self._script is not None:
                     self._script.task.cancel()
             case SetVip(up=up):
-                self._set_vip(up)
+                await self._set_vip(up)
             case AnnounceStop():
                 self._spawn(self._announce_stop())
             case StartReplication() | StopReplication():
@@ -507,13 +510,13 @@ class MirrorEngine:
         task = self._spawn(run_it())
         self._script = _Running(action, task)
 
-    def _set_vip(self, up: bool) -> None:
+    async def _set_vip(self, up: bool) -> None:
         for mv in self.spec.vips:
             if up:
                 try:
-                    added = self.vip.add(mv.vip)
-                    self.vip.announce(mv.vip)
-                except OSError as exc:
+                    added = await asyncio.to_thread(self.vip.add, mv.vip)
+                    await asyncio.to_thread(self.vip.announce, mv.vip)
+                except (OSError, HakitError) as exc:
                     self.modlog.append(
                         "vipplug", Level.EVENT, f"Virtual IP {mv.vip.addr} could not be set: {exc}"
                     )
@@ -526,13 +529,18 @@ class MirrorEngine:
                 self._spawn(self._garp_followups(mv))
             else:
                 if self.spec.tcpreset:
-                    with contextlib.suppress(Exception):
-                        n = self.vip.reset_connections(mv.vip)
+                    try:
+                        n = await asyncio.to_thread(self.vip.reset_connections, mv.vip)
+                    except (OSError, HakitError) as exc:
+                        self.modlog.append(
+                            "vipplug", Level.INFO, f"tcpreset of {mv.vip.addr}: {exc}"
+                        )
+                    else:
                         if n:
                             self.modlog.append(
                                 "vipplug", Level.INFO, f"{n} connections to {mv.vip.addr} reset"
                             )
-                if self.vip.remove(mv.vip):
+                if await asyncio.to_thread(self.vip.remove, mv.vip):
                     self.modlog.append("vipplug", Level.INFO, f"Virtual IP {mv.vip.addr} unset")
         self._vip_up = up
 
@@ -544,16 +552,16 @@ class MirrorEngine:
             waited = delay
             if not self._vip_up:
                 return
-            with contextlib.suppress(OSError):
-                self.vip.announce(mv.vip)
+            with contextlib.suppress(OSError, HakitError):
+                await asyncio.to_thread(self.vip.announce, mv.vip)
         if not mv.interface.arpreroute:
             return
         start = self.clock()
         while self._vip_up and self.clock() - start < mv.interface.arpelapse:
             await asyncio.sleep(mv.interface.arpinterval)
             if self._vip_up:
-                with contextlib.suppress(OSError):
-                    self.vip.announce(mv.vip)
+                with contextlib.suppress(OSError, HakitError):
+                    await asyncio.to_thread(self.vip.announce, mv.vip)
 
     async def _ip_checker(self) -> None:
         """The generated IP checker: the VIP vanished while primary -> stopstart (``ip_failure``)."""
@@ -589,6 +597,10 @@ class MirrorEngine:
 
     # --- intent and snapshot --------------------------------------------------------------
     def _remember_intent(self, cmd: AdminCommand) -> None:
+        # A stop on SIGTERM (node shutdown, engine restart) is not the administrator's word: the
+        # module resumes when the engine starts again (SafeKit's boot="auto").
+        if cmd.origin == "SYSTEM":
+            return
         if cmd.kind in (AdminKind.START, AdminKind.PRIM, AdminKind.SECOND, AdminKind.PRIMFORCE):
             intent = "started"
         elif cmd.kind in (AdminKind.STOP, AdminKind.FORCESTOP):

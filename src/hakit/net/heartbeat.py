@@ -168,8 +168,11 @@ class HeartbeatService:
             while True:
                 self._send_all()
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+                # that races with the event being set, and this loop would then never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), pulse)
+                    async with asyncio.timeout(pulse):
+                        await self._wake.wait()
         finally:
             for ep in self._endpoints:
                 if ep.transport is not None:
