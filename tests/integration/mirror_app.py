@@ -1,0 +1,75 @@
+"""A mirror module for lab scenarios: a virtual IP and an HTTP "application" started by start_prim.
+
+The application is :mod:`hakit.testing.hostname_server` on port 8080: a client that reaches it
+through the VIP learns which node serves it. Scripts keep its pid in ``$SAFEUSERVAR/app.pid``.
+"""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+APP_PORT = 8080
+
+START_PRIM = f"""#!/bin/bash
+# start_prim CURRENT NEXT ACTION: start the application (detached: it outlives this script)
+echo "start_prim $*"
+setsid {sys.executable} -m hakit.testing.hostname_server {APP_PORT} "$SAFEUSERVAR/app.pid" \\
+    >>"$SAFEUSERVAR/app.out" 2>&1 < /dev/null &
+for _ in $(seq 100); do [ -s "$SAFEUSERVAR/app.pid" ] && exit 0; sleep 0.05; done
+echo "application did not start"; exit 1
+"""
+
+STOP_PRIM = """#!/bin/bash
+# stop_prim [force] CURRENT NEXT ACTION: stop the application (graceful, then force)
+echo "stop_prim $*"
+pidfile="$SAFEUSERVAR/app.pid"
+[ -s "$pidfile" ] || exit 0
+pid=$(cat "$pidfile")
+if [ "$1" = force ]; then kill -9 "$pid" 2>/dev/null; else kill "$pid" 2>/dev/null; fi
+for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; exit 0; }; sleep 0.05; done
+exit 0
+"""
+
+USERCONFIG = """<!DOCTYPE safe>
+<safe>
+  <service mode="mirror" failover="{failover}" defaultprim="{defaultprim}">
+    <heart pulse="{pulse}" timeout="{timeout}">
+      <heartbeat name="default"/>
+    </heart>
+    <vip>
+      <interface_list>
+        <interface check="on">
+          <real_interface>
+            <virtual_addr addr="{vip}" where="one_side_alias"/>
+          </real_interface>
+        </interface>
+      </interface_list>
+    </vip>
+    <user nicestoptimeout="10s" forcestoptimeout="10s"/>
+  </service>
+</safe>
+"""
+
+
+def build_module(
+    out: Path,
+    *,
+    vip: str,
+    pulse: str = "200ms",
+    timeout: str = "2s",
+    failover: str = "on",
+    defaultprim: str = "alone",
+) -> Path:
+    """Write the module as a ``.safe`` archive at ``out`` and return it."""
+    conf = USERCONFIG.format(
+        vip=vip, pulse=pulse, timeout=timeout, failover=failover, defaultprim=defaultprim
+    )
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("conf/userconfig.xml", conf)
+        for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM)):
+            info = zipfile.ZipInfo(f"bin/{name}")
+            info.external_attr = 0o100755 << 16
+            z.writestr(info, text)
+    return out
