@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -120,6 +121,19 @@ async def _serve(module: str, paths: NodePaths, engine: MirrorEngine) -> None:
         waiter.cancel()
 
 
+def _realtime_priority() -> None:
+    """Run the engine at the lowest real-time priority (as corosync does).
+
+    The engine is idle but for heartbeats, ticks and decisions; a CPU-bound application must not
+    delay a heartbeat past the peer's timeout (a false failover). SCHED_RESET_ON_FORK makes every
+    script and application started from here run with the normal policy again.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(1))
+    except (OSError, AttributeError) as exc:
+        log.info("engine runs without real-time priority (%s)", exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: ``python -m hakit.engine MODULE [--debug]``."""
     parser = argparse.ArgumentParser(prog="hakit-engine", description=__doc__)
@@ -131,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    _realtime_priority()
     paths = NodePaths.from_env()
     paths.module_state(args.module).mkdir(parents=True, exist_ok=True)
     try:

@@ -364,8 +364,17 @@ class MirrorEngine:
                     await self._changed.wait()
 
     async def _ticker(self) -> None:
+        """A Tick every pulse, and one right when the peer's heartbeat timeout expires (so loss
+        detection does not wait for the next pulse boundary)."""
+        pulse, timeout = self.spec.settings.pulse, self.spec.settings.timeout
         while True:
-            await asyncio.sleep(self.spec.settings.pulse)
+            delay = pulse
+            last_seen = self.state.peer.last_seen
+            if self.state.peer.known and last_seen is not None:
+                until_lost = last_seen + timeout - self.clock()
+                if 0 <= until_lost < pulse:
+                    delay = until_lost + 0.001
+            await asyncio.sleep(delay)
             self.submit(Tick())
 
     async def _consume(self) -> None:
