@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: hakit's main job on the embedded default, in the test lab on this one machine.
 # Grows as features land. Today: a 3-node cluster, its membership seen from a node, a power loss of
-# one node detected and healed, and a mirror module packaged, validated and activated on a node.
+# one node detected and healed; then a mirror module (web server + virtual IP) on two nodes: first
+# start, prim/second, a hung primary taken over, its return, a swap.
 set -euo pipefail
 export HAKIT_LAB="${HAKIT_LAB:-hakitdemo}"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -48,12 +49,71 @@ hakit lab start node3
 wait_reachable node3 yes 10
 hakit lab exec node1 -- hakit cluster state
 
-say "a mirror module on node1: template, validation, activation"
+say "module templates: the generic mirror module is refused until its placeholders are filled"
 work=$(mktemp -d /tmp/hakit-demo.XXXXXX)
 hakit module template mirror "$work/mirror.safe"
-hakit lab exec node1 -- hakit module install -m demo "$work/mirror.safe"
-hakit lab exec node1 -- hakit module list
-echo "(the template's virtual IP is an empty placeholder: hakit refuses to activate it, and says why)"
-hakit lab exec node1 -- hakit config -m demo || true
+hakit confcheck "$work/mirror.safe" || true
+
+# ---------------------------------------------------------------------------------------------
+say "a mirror module: two nodes, a web server on the primary, a virtual IP (2-node lab + client)"
+hakit lab down >/dev/null
+hakit lab up --nodes 2 --client
+vip=$(hakit lab status --json | python3 -c "import json,sys; print(json.load(sys.stdin)['vip_free'][0])")
+echo "virtual IP: $vip"
+cp -r "$(dirname "$0")/../demo/web" "$work/web"
+sed -i "s/@VIP@/$vip/" "$work/web/conf/userconfig.xml"
+(cd "$work/web" && python3 -m zipfile -c "$work/web.safe" conf bin)
+for n in node1 node2; do
+  hakit lab exec $n -- hakit module install -m web "$work/web.safe"
+  hakit lab exec $n -- hakit config -m web
+done
+hakit lab exec node1 -- hakit waitstate -m web STOP --timeout 30 >/dev/null
+
+say "first start: nobody knows yet whose data is good, so the module waits"
+hakit lab exec node1 -- hakit start -m web
+hakit lab exec node1 -- hakit waitstate -m web WAIT --timeout 30 >/dev/null
+hakit lab exec node1 -- hakit state -m web
+say "the administrator says node1 holds the data: prim on node1, second on node2"
+hakit lab exec node1 -- hakit prim -m web
+hakit lab exec node2 -- hakit second -m web
+hakit lab exec node1 -- hakit waitstate -m web PRIM --timeout 30 >/dev/null
+hakit lab exec node2 -- hakit waitstate -m web SECOND --timeout 30 >/dev/null
+hakit lab exec node1 -- hakit state -m web -v
+echo "client -> http://$vip:8080/ : $(hakit lab exec client -- curl -s --max-time 2 "http://$vip:8080/")"
+for n in node1 node2; do
+  addr=$(hakit lab status --json | python3 -c "import json,sys; print([h['addr'] for h in json.load(sys.stdin)['hosts'] if h['name']=='$n'][0])")
+  echo "health check $n: $(hakit lab exec client -- curl -s -o /dev/null -w '%{http_code}' "http://$addr:9010/var/modules/web/ready.txt")"
+done
+
+say "node1 hangs (every process of node1 frozen): node2 takes over after the 2 s heartbeat timeout"
+t0=$(date +%s%N)
+hakit lab freeze node1
+until [ "$(hakit lab exec client -- curl -s --max-time 0.5 "http://$vip:8080/")" = "served by node2" ]; do
+  if (( ($(date +%s%N) - t0) / 1000000 > 30000 )); then echo "demo: no failover within 30 s" >&2; exit 1; fi
+  sleep 0.02
+done
+echo "client -> http://$vip:8080/ : served by node2, $(( ($(date +%s%N) - t0) / 1000000 )) ms after the fault"
+hakit lab exec node2 -- hakit state -m web
+hakit lab exec node2 -- hakit log -m web -s 12
+
+say "node1 comes back: exactly one primary remains"
+hakit lab thaw node1
+for _ in $(seq 300); do
+  s1=$(hakit lab exec node1 -- hakit state -m web -lq; echo $?)
+  s2=$(hakit lab exec node2 -- hakit state -m web -lq; echo $?)
+  [ "$s1$s2" = 43 ] || [ "$s1$s2" = 34 ] && break
+  sleep 0.2
+done
+hakit lab exec node1 -- hakit state -m web
+hakit lab exec node2 -- hakit state -m web
+echo "client -> http://$vip:8080/ : $(hakit lab exec client -- curl -s --max-time 2 "http://$vip:8080/")"
+
+say "swap: the roles are exchanged on request"
+primary=node1; [ "$s2" = 3 ] && primary=node2
+hakit lab exec $primary -- hakit swap -m web
+other=node2; [ $primary = node2 ] && other=node1
+hakit lab exec $other -- hakit waitstate -m web PRIM --timeout 60 >/dev/null
+hakit lab exec $primary -- hakit waitstate -m web SECOND --timeout 60 >/dev/null
+echo "client -> http://$vip:8080/ : $(hakit lab exec client -- curl -s --max-time 2 "http://$vip:8080/")"
 rm -rf "$work"
 say "done"
