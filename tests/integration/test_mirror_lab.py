@@ -257,3 +257,18 @@ def test_stale_node_refuses_to_start_as_primary(cluster: Callable[..., Cluster])
     c.hakit("node2", "prim", "-m", MODULE)
     c.wait_state("node2", "ALONE")
     c.wait_serving("node2")
+
+
+def test_vanished_vip_triggers_stopstart_and_failover(cluster: Callable[..., Cluster]) -> None:
+    c = cluster()
+    pair(c)
+    c.wait_serving("node1")
+    # Someone removes the VIP on the primary: the generated IP checker sees it (ip_failure) and
+    # stopstarts the module, which on a primary is a failover; node1 comes back as SECOND.
+    c.lab.run("node1", ["ip", "addr", "del", f"{c.vip}/24", "dev", "eth0"], check=True)
+    c.wait_state("node2", "ALONE", limit=30)
+    c.wait_serving("node2")
+    c.wait_state("node1", "SECOND", limit=60)
+    c.wait_state("node2", "PRIM")
+    log = c.hakit("node1", "log", "-m", MODULE, "-A")
+    assert "ip_failure" in log or "ipcheck" in log, log

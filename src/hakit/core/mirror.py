@@ -79,8 +79,10 @@ from hakit.core.generations import (
     DataGeneration,
     GenerationOrigin,
     ResyncKind,
+    SyncVerdict,
     begin_solo_writing,
     common_ancestor,
+    compare,
     forced_primary,
     left_pair,
     must_keep_aside,
@@ -978,7 +980,7 @@ def _split_brain(o: _Out) -> None:
         TransitionKind.YIELD,
         steps,
         Finish.SECOND_ENTERED,
-        resync=ResyncKind.FULL,
+        resync=resync_kind(o.s.data, o.s.peer.generation),
         keep_aside=f"split brain: {o.cfg.peer_node} stayed primary",
     )
 
@@ -986,6 +988,22 @@ def _split_brain(o: _Out) -> None:
 def _eval_prim(o: _Out) -> None:
     s, peer, cfg = o.s, o.s.peer, o.cfg
     if not _peer_in_sync(s):
+        if (
+            peer.known
+            and peer.state in PRIMARY_STATES
+            and compare(s.data, peer.generation) is SyncVerdict.LOCAL_BEHIND
+        ):
+            # The peer took over while this node could not be heard (hung, or cut off) and wrote
+            # since: this node must not start a generation of its own. It passes through ALONE
+            # with its data unchanged, where the split-brain rule makes it yield to the peer.
+            o.note(
+                C.PEER_LEFT,
+                f"{o.cfg.peer_node} took over while this node was unreachable "
+                f"({peer.describe()}, newer data): leaving PRIM",
+            )
+            steps = _script_plan(o, ScriptRow.PRIM_TO_ALONE, "start")
+            _run(o, TransitionKind.PEER_LEFT, steps, Finish.READY, swap=SwapPhase.NONE)
+            return
         if not peer.known:
             why = f"peer lost ({(peer.gone or PeerGone.TIMEOUT).value})"
         elif peer.generation.current != s.data.current:

@@ -53,12 +53,21 @@ class RoleChoice:
 def split_brain_yields(
     local: DataGeneration, peer: DataGeneration, settings: MirrorSettings
 ) -> bool:
-    """True if this node gives up its writes after a split brain.
+    """True if this node gives up its primary role when both nodes are primary.
 
-    The node whose generation began with a SECOND taking over yields (it was SECOND before the
-    isolation); if both or neither did, the node with the greater name yields, so both nodes
-    reach the same answer. The yielding side's files are kept aside, never silently dropped.
+    First the data decides: a node whose data the peer's history already contains (it wrote
+    nothing the peer lacks: a primary that hung while its peer took over) yields, and its peer
+    stays, so no acknowledged write of the peer is set aside. Only when both wrote on their own
+    (a real split brain) SafeKit's rule applies: the node whose generation began with a SECOND
+    taking over yields (it was SECOND before the isolation); if both or neither did, the node with
+    the greater name yields, so both nodes reach the same answer. The yielding side's own writes
+    are kept aside, never silently dropped.
     """
+    verdict = compare(local, peer)
+    if verdict is SyncVerdict.LOCAL_BEHIND:
+        return True
+    if verdict is SyncVerdict.LOCAL_AHEAD:
+        return False
     mine = local.origin is GenerationOrigin.FAILOVER
     theirs = peer.origin is GenerationOrigin.FAILOVER
     if mine != theirs:

@@ -6,7 +6,14 @@ virtual IP and SafeKit's log lines.
 
 from __future__ import annotations
 
-from hakit.core.events import AdminKind, CheckerAction, CheckerKind, PeerOutOfDate, WaitCleared
+from hakit.core.events import (
+    AdminKind,
+    CheckerAction,
+    CheckerKind,
+    HeartbeatReceived,
+    PeerOutOfDate,
+    WaitCleared,
+)
 from hakit.core.generations import DataStatus, GenerationOrigin, SyncVerdict, compare
 from hakit.core.mirror_model import WaitReason
 from hakit.core.states import ModuleState as S
@@ -569,3 +576,33 @@ def test_stop_queued_during_start_scripts_stops_before_any_role() -> None:
     node1 = sim.node("node1")
     assert "start_prim" not in node1.script_names()
     assert not node1.vip
+
+
+def test_hung_primary_that_wakes_up_yields_to_the_peer_that_took_over() -> None:
+    """node1 hangs (frozen) while PRIM; node2 takes over and writes. When node1 wakes up, the first
+    thing it hears is node2 ALONE with newer data: node1 must not start a generation of its own,
+    and node2's writes must not be set aside (this is not a split brain: node1 wrote nothing)."""
+    sim = paired_sim()
+    frozen = sim.node("node1").state  # node1's snapshot at the moment it hangs
+    sim.partition()
+    sim.run_for(TIMEOUT * 2)
+    node2 = sim.node("node2")
+    assert node2.summary == "ALONE Ready"
+    assert node2.state.data.origin is GenerationOrigin.FAILOVER
+    # node1 wakes up with the state it had when it hung; node2's newest heartbeat is the first
+    # event it processes (datagrams buffered during the hang are read before its timers fire).
+    sim.node("node1").state = frozen
+    sim.deliver(
+        "node1",
+        HeartbeatReceived(S.ALONE, R.READY, node2.state.data),
+    )
+    sim.heal()
+    assert sim.wait_for("node1", S.SECOND, R.READY)
+    assert sim.wait_for("node2", S.PRIM, R.READY)
+    node1 = sim.node("node1")
+    assert node1.kept_aside == []
+    assert node2.kept_aside == []
+    assert "Split brain recovery: staying alone" in node2.logs
+    assert compare(node1.state.data, node2.state.data) is SyncVerdict.SAME
+    assert node2.vip and not node1.vip
+    assert any("took over while this node was unreachable" in line for line in node1.logs)
