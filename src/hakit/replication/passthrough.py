@@ -1,0 +1,972 @@
+"""A FUSE pass-through filesystem mounted over the very directory it serves.
+
+Theory of operation
+-------------------
+Replication intercepts a replicated directory *in place*: before mounting, the server opens a
+descriptor on the directory; then it mounts itself on the same path. From then on every process
+that uses the path reaches this filesystem, while the server alone still reaches the real files
+underneath through the descriptor (every call is an ``*at()`` call relative to it, or goes through
+``/proc/self/fd``). Nothing is renamed or moved: after unmounting, the directory is exactly what
+was written through the mount.
+
+The binding is pyfuse3's low-level (inode based) API on asyncio (the choice and its measurements:
+``docs/design/replication.md``). Each inode the kernel knows is an ``O_PATH`` descriptor on the
+backing object, found again by ``(st_dev, st_ino)`` so hard links share one inode; it lives until
+the kernel forgets it (lookup counts). Paths for the mutation reports come from the kernel itself
+(``readlink /proc/self/fd/N``), which follows renames, so no path table can go stale.
+
+Permissions: the mount uses ``default_permissions`` (the kernel checks modes, owners and
+supplementary groups against the attributes served here) and ``allow_other`` (every user reaches
+the mount). The server runs as root and creates files as root, then gives them to the caller
+(uid/gid from the request context; the parent's group when the parent is set-group-ID) before the
+call returns. The process umask is 0: the kernel already applied the caller's umask to the mode.
+
+Each mutating request is applied locally and then reported to the :class:`MutationSink`, awaited
+before the reply (see :mod:`hakit.replication.sink` for the ordering contract). In read-only mode
+(the secondary) every mutating request is refused with ``EROFS`` and logged with the caller's pid
+and command.
+
+Not offered by pyfuse3 3.5 (so the kernel answers for the filesystem): ``fallocate`` (EOPNOTSUPP;
+``posix_fallocate`` falls back to writing), ``lseek`` with ``SEEK_HOLE``/``SEEK_DATA`` (the whole
+file reads as data, holes are still kept in the backing files), ``copy_file_range`` (the kernel
+copies through read and write). Locks (``flock``, ``fcntl``) are handled by the kernel locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import errno
+import functools
+import logging
+import os
+import resource
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from hakit.errors import LocalSystemError, UserConfigError
+from hakit.replication.sink import MutationSink, NewNode, NullSink, RecordingSink
+
+log = logging.getLogger("hakit.replication")
+
+FSTYPE = "fuse.hakit-rfs"
+"""The type our mounts show in ``/proc/self/mountinfo`` (``subtype=hakit-rfs``): how a stale mount
+left by a crash is told apart from somebody else's filesystem."""
+
+_MOUNT_OPTIONS = ("default_permissions", "allow_other", "fsname=hakit-rfs", "subtype=hakit-rfs")
+
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+_UTIME_OMIT = (1 << 30) - 2
+# Flags of the application's open() that must not reach the backing open: creation is handled by
+# create(), O_APPEND would make pwrite ignore the offset the kernel computed (and reported to the
+# peer), O_DIRECT needs aligned buffers Python does not give, O_NOFOLLOW would refuse the
+# /proc/self/fd magic link (the kernel already applied it to the application's path).
+_STRIP_OPEN_FLAGS = (
+    os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND | os.O_DIRECT | os.O_NOFOLLOW | os.O_TRUNC
+)
+_WRITE_ACCESS = (os.O_WRONLY, os.O_RDWR)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """chown the object ``fd`` (an O_PATH descriptor) refers to, a symlink itself included."""
+    _check(_libc.fchownat(fd, b"", uid, gid, _AT_EMPTY_PATH | _AT_SYMLINK_NOFOLLOW), "fchownat")
+
+
+def _utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set the times of the object ``fd`` refers to (``None`` leaves a time unchanged)."""
+
+    def ts(ns: int | None) -> _Timespec:
+        return _Timespec(0, _UTIME_OMIT) if ns is None else _Timespec(*divmod(ns, 1_000_000_000))
+
+    times = (_Timespec * 2)(ts(atime_ns), ts(mtime_ns))
+    _check(_libc.utimensat(fd, b"", times, _AT_EMPTY_PATH), "utimensat")
+
+
+def _renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) -> None:
+    _check(_libc.renameat2(old_dir, old, new_dir, new, ctypes.c_uint(flags)), "renameat2")
+
+
+def _proc(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _fuse_errors(
+    handler: Callable[P, Coroutine[Any, Any, R]],
+) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Turn OSError into the FUSEError pyfuse3 replies with; a failing sink becomes EIO."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed (the application gets EIO)", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class _Inode:
+    fd: int  # O_PATH descriptor on the backing object
+    key: tuple[int, int]  # (st_dev, st_ino) of the backing object
+    nlookup: int
+    path: bytes | None = None  # cached relative path, valid while path_epoch == the fs epoch
+    path_epoch: int = -1
+
+
+@dataclass
+class _OpenFile:
+    fd: int
+    ino: int
+
+
+@dataclass
+class _OpenDir:
+    fd: int
+    ino: int
+    entries: list[bytes] | None = None
+
+
+class PassthroughFS(pyfuse3.Operations):
+    """The pass-through operations over ``root_fd`` (a directory descriptor opened before mounting).
+
+    ``cache_timeout`` bounds how long the kernel trusts attributes and names: long on the primary
+    (only this filesystem changes the backing tree), 0 on a read-only secondary whose backing tree
+    the receiver changes underneath."""
+
+    def __init__(
+        self,
+        root_fd: int,
+        sink: MutationSink,
+        *,
+        read_only: bool = False,
+        cache_timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self._read_only = read_only
+        self._timeout = cache_timeout if cache_timeout is not None else (0.0 if read_only else 60.0)
+        self._prefix = os.fsencode(os.readlink(_proc(root_fd)))
+        st = os.stat(root_fd)
+        self._inodes: dict[int, _Inode] = {
+            pyfuse3.ROOT_INODE: _Inode(root_fd, (st.st_dev, st.st_ino), 1)
+        }
+        self._by_key: dict[tuple[int, int], int] = {(st.st_dev, st.st_ino): pyfuse3.ROOT_INODE}
+        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self._files: dict[int, _OpenFile] = {}
+        self._dirs: dict[int, _OpenDir] = {}
+        self._next_dir_fh = 1
+        # Bumped by every operation that can change a name (rename, unlink, rmdir): cached paths
+        # are trusted only while it is unchanged, so a write costs no readlink in steady state.
+        self._epoch = 0
+
+    # ---- inode table -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every descriptor held (after unmounting), the root one included."""
+        for rec in self._inodes.values():
+            os.close(rec.fd)
+        for f in self._files.values():
+            os.close(f.fd)
+        for d in self._dirs.values():
+            os.close(d.fd)
+        self._inodes.clear()
+        self._files.clear()
+        self._dirs.clear()
+
+    def _rec(self, ino: int) -> _Inode:
+        try:
+            return self._inodes[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def _attrs(self, st: os.stat_result, ino: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ino
+        a.generation = 0
+        a.entry_timeout = self._timeout
+        a.attr_timeout = self._timeout
+        a.st_mode = st.st_mode
+        a.st_nlink = st.st_nlink
+        a.st_uid = st.st_uid
+        a.st_gid = st.st_gid
+        a.st_rdev = st.st_rdev
+        a.st_size = st.st_size
+        a.st_blksize = st.st_blksize
+        a.st_blocks = st.st_blocks
+        a.st_atime_ns = st.st_atime_ns
+        a.st_mtime_ns = st.st_mtime_ns
+        a.st_ctime_ns = st.st_ctime_ns
+        return a
+
+    def _register(self, parent_fd: int, name: bytes, count: int = 1) -> pyfuse3.EntryAttributes:
+        """Find or add the inode of ``name`` in ``parent_fd``; its lookup count grows by ``count``."""
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent_fd)
+        try:
+            st = os.stat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        key = (st.st_dev, st.st_ino)
+        ino = self._by_key.get(key)
+        if ino is None:
+            ino = self._next_ino
+            self._next_ino += 1
+            self._inodes[ino] = _Inode(fd, key, count)
+            self._by_key[key] = ino
+        else:
+            rec = self._inodes[ino]
+            rec.nlookup += count
+            if st.st_nlink > 1 and self._path(rec) is None:
+                # The name this inode was known by was removed but another hard link remains:
+                # follow the name just looked up, so reports keep naming the file.
+                os.close(rec.fd)
+                rec.fd, rec.path_epoch = fd, -1
+            else:
+                os.close(fd)
+        return self._attrs(st, ino)
+
+    def _unref(self, ino: int, count: int) -> None:
+        rec = self._inodes.get(ino)
+        if rec is None or ino == pyfuse3.ROOT_INODE:
+            return
+        rec.nlookup -= count
+        if rec.nlookup <= 0:
+            del self._inodes[ino]
+            del self._by_key[rec.key]
+            os.close(rec.fd)
+
+    def _path(self, rec: _Inode) -> bytes | None:
+        """The path of ``rec`` relative to the replicated directory, None if it has no name."""
+        if rec.path_epoch == self._epoch:
+            return rec.path
+        full = os.readlink(_proc(rec.fd).encode())
+        path: bytes | None
+        if full == self._prefix:
+            path = b""
+        elif full.startswith(self._prefix + b"/"):
+            path = full[len(self._prefix) + 1 :]
+            if path.endswith(b" (deleted)"):
+                # The kernel marks removed names this way; a real name may end so too.
+                real = path[: -len(b" (deleted)")]
+                try:
+                    st = os.stat(
+                        real, dir_fd=self._inodes[pyfuse3.ROOT_INODE].fd, follow_symlinks=False
+                    )
+                except OSError:
+                    st = None
+                path = real if st is not None and (st.st_dev, st.st_ino) == rec.key else None
+        else:
+            path = None
+        rec.path, rec.path_epoch = path, self._epoch
+        return path
+
+    def _child_path(self, parent: _Inode, name: bytes) -> bytes:
+        base = self._path(parent)
+        if base is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return name if base == b"" else base + b"/" + name
+
+    def _refuse(self, ctx: pyfuse3.RequestContext, what: str, target: str) -> None:
+        if self._read_only:
+            try:
+                comm = Path(f"/proc/{ctx.pid}/comm").read_text().strip()
+            except OSError:
+                comm = "?"
+            log.warning(
+                "refused %s of %s by pid %d (%s, uid %d): replicated directory is read-only on the "
+                "secondary",
+                what,
+                target,
+                ctx.pid,
+                comm,
+                ctx.uid,
+            )
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _give_to_caller(
+        self, parent_st: os.stat_result, ctx: pyfuse3.RequestContext
+    ) -> tuple[int, int]:
+        """Owner of a new entry: the caller, with the parent's group if the parent is setgid."""
+        gid = parent_st.st_gid if parent_st.st_mode & stat.S_ISGID else ctx.gid
+        return ctx.uid, gid
+
+    async def _report_new(
+        self,
+        kind: str,
+        parent: _Inode,
+        name: bytes,
+        attrs: pyfuse3.EntryAttributes,
+        target: bytes = b"",
+    ) -> None:
+        node = NewNode(
+            path=self._child_path(parent, name),
+            mode=attrs.st_mode,
+            uid=attrs.st_uid,
+            gid=attrs.st_gid,
+            rdev=attrs.st_rdev,
+            atime_ns=attrs.st_atime_ns,
+            mtime_ns=attrs.st_mtime_ns,
+            parent_mtime_ns=os.stat(parent.fd).st_mtime_ns,
+        )
+        if kind == "create":
+            await self._sink.create(node)
+        elif kind == "mknod":
+            await self._sink.mknod(node)
+        elif kind == "mkdir":
+            await self._sink.mkdir(node)
+        else:
+            await self._sink.symlink(node, target)
+
+    # ---- lookups and attributes --------------------------------------------------------------
+
+    @_fuse_errors
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Find ``name`` in the parent directory."""
+        parent = self._rec(parent_inode)
+        if name == b"." or (name == b".." and parent_inode == pyfuse3.ROOT_INODE):
+            # ".." of the root would leave the replicated tree: the kernel never asks for it
+            # except through NFS-style handles, but stay inside anyway.
+            parent.nlookup += 1
+            return self._attrs(os.stat(parent.fd), parent_inode)
+        return self._register(parent.fd, name)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        """The kernel dropped these references."""
+        for ino, count in inode_list:
+            self._unref(ino, count)
+
+    @_fuse_errors
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        """Attributes of the backing object."""
+        return self._attrs(os.stat(self._rec(inode).fd), inode)
+
+    @_fuse_errors
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """truncate/chmod/chown/utimens, each applied then reported, in that order."""
+        rec = self._rec(inode)
+        changes = fields.update_size or fields.update_mode or fields.update_uid
+        changes = changes or fields.update_gid or fields.update_atime or fields.update_mtime
+        if changes:
+            self._refuse(ctx, "setattr", repr(self._path(rec)))
+        open_fd = self._files[fh].fd if fh is not None and fh in self._files else None
+        path = self._path(rec) if changes else None
+        if fields.update_size:
+            if open_fd is not None:
+                os.truncate(open_fd, attr.st_size)
+            else:
+                os.truncate(_proc(rec.fd), attr.st_size)
+            await self._sink.truncate(inode, path, attr.st_size, os.stat(rec.fd).st_mtime_ns)
+        if fields.update_mode:
+            mode = attr.st_mode & 0o7777
+            if open_fd is not None:
+                os.fchmod(open_fd, mode)
+            else:
+                os.chmod(_proc(rec.fd), mode)
+            await self._sink.chmod(path, stat.S_IMODE(os.stat(rec.fd).st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            _fchown_empty(rec.fd, uid, gid)
+            st = os.stat(rec.fd)
+            await self._sink.chown(path, st.st_uid, st.st_gid)
+        if fields.update_atime or fields.update_mtime:
+            _utimens_empty(
+                rec.fd,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+            st = os.stat(rec.fd)
+            await self._sink.utimens(path, st.st_atime_ns, st.st_mtime_ns)
+        return self._attrs(os.stat(rec.fd), inode)
+
+    @_fuse_errors
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        """Target of a symbolic link."""
+        return os.readlink(b"", dir_fd=self._rec(inode).fd)
+
+    @_fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Statistics of the backing filesystem."""
+        sv = os.statvfs(self._inodes[pyfuse3.ROOT_INODE].fd)
+        out = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail"):
+            setattr(out, field, getattr(sv, field))
+        for field in ("f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, field, getattr(sv, field))
+        return out
+
+    # ---- namespace ---------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """Create a FIFO, socket, device or empty regular file, owned by the caller."""
+        parent = self._rec(parent_inode)
+        self._refuse(ctx, "mknod", repr(name))
+        pst = os.stat(parent.fd)
+        os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        uid, gid = self._give_to_caller(pst, ctx)
+        if (uid, gid) != (0, 0):
+            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # chown cleared them
+        attrs = self._register(parent.fd, name)
+        await self._report_new("mknod", parent, name, attrs)
+        return attrs
+
+    @_fuse_errors
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """Create a directory owned by the caller."""
+        parent = self._rec(parent_inode)
+        self._refuse(ctx, "mkdir", repr(name))
+        pst = os.stat(parent.fd)
+        os.mkdir(name, mode, dir_fd=parent.fd)
+        uid, gid = self._give_to_caller(pst, ctx)
+        if (uid, gid) != (0, 0):
+            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+        attrs = self._register(parent.fd, name)
+        await self._report_new("mkdir", parent, name, attrs)
+        return attrs
+
+    @_fuse_errors
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """Create a symbolic link owned by the caller."""
+        parent = self._rec(parent_inode)
+        self._refuse(ctx, "symlink", repr(name))
+        pst = os.stat(parent.fd)
+        os.symlink(target, name, dir_fd=parent.fd)
+        uid, gid = self._give_to_caller(pst, ctx)
+        if (uid, gid) != (0, 0):
+            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+        attrs = self._register(parent.fd, name)
+        await self._report_new("symlink", parent, name, attrs, target)
+        return attrs
+
+    @_fuse_errors
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """Create a hard link (through the inode's /proc/self/fd link: no path needed)."""
+        rec = self._rec(inode)
+        parent = self._rec(new_parent_inode)
+        self._refuse(ctx, "link", repr(new_name))
+        existing = self._path(rec)
+        os.link(_proc(rec.fd), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        attrs = self._register(parent.fd, new_name)
+        new_path = self._child_path(parent, new_name)
+        if existing is None:
+            existing = new_path  # the linked file had lost its name: the new one is its only name
+        await self._sink.link(existing, new_path, os.stat(parent.fd).st_mtime_ns)
+        return attrs
+
+    @_fuse_errors
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """Remove a non-directory entry."""
+        parent = self._rec(parent_inode)
+        self._refuse(ctx, "unlink", repr(name))
+        path = self._child_path(parent, name)
+        os.unlink(name, dir_fd=parent.fd)
+        self._epoch += 1
+        await self._sink.unlink(path, os.stat(parent.fd).st_mtime_ns)
+
+    @_fuse_errors
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """Remove an empty directory."""
+        parent = self._rec(parent_inode)
+        self._refuse(ctx, "rmdir", repr(name))
+        path = self._child_path(parent, name)
+        os.rmdir(name, dir_fd=parent.fd)
+        self._epoch += 1
+        await self._sink.rmdir(path, os.stat(parent.fd).st_mtime_ns)
+
+    @_fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """Rename, replacing an existing target; RENAME_NOREPLACE and RENAME_EXCHANGE honoured."""
+        old_parent = self._rec(parent_inode_old)
+        new_parent = self._rec(parent_inode_new)
+        self._refuse(ctx, "rename", repr(name_old))
+        old = self._child_path(old_parent, name_old)
+        new = self._child_path(new_parent, name_new)
+        if flags:
+            _renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
+        else:
+            os.rename(name_old, name_new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
+        self._epoch += 1
+        await self._sink.rename(
+            old,
+            new,
+            int(flags),
+            os.stat(old_parent.fd).st_mtime_ns,
+            os.stat(new_parent.fd).st_mtime_ns,
+        )
+
+    # ---- files -------------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """Create and open a regular file owned by the caller."""
+        parent = self._rec(parent_inode)
+        self._refuse(ctx, "create", repr(name))
+        pst = os.stat(parent.fd)
+        oflags = (flags & ~_STRIP_OPEN_FLAGS) | os.O_CREAT | (flags & os.O_EXCL)
+        fd = os.open(name, oflags, mode, dir_fd=parent.fd)
+        try:
+            uid, gid = self._give_to_caller(pst, ctx)
+            if (uid, gid) != (0, 0):
+                os.fchown(fd, uid, gid)
+                if mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared them
+            attrs = self._register(parent.fd, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._files[fd] = _OpenFile(fd, attrs.st_ino)
+        await self._report_new("create", parent, name, attrs)
+        return pyfuse3.FileInfo(fh=fd), attrs
+
+    @_fuse_errors
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        """Open the backing file again through its O_PATH descriptor."""
+        rec = self._rec(inode)
+        if flags & os.O_ACCMODE in _WRITE_ACCESS:
+            self._refuse(ctx, "open for writing", repr(self._path(rec)))
+        fd = os.open(_proc(rec.fd), flags & ~_STRIP_OPEN_FLAGS)
+        self._files[fd] = _OpenFile(fd, inode)
+        # On a read-only secondary the receiver changes files underneath: never keep pages.
+        return pyfuse3.FileInfo(fh=fd, keep_cache=not self._read_only)
+
+    @_fuse_errors
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        """Read from the backing file."""
+        return os.pread(self._files[fh].fd, size, off)
+
+    @_fuse_errors
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        """Write to the backing file at the offset the kernel chose, then report it."""
+        f = self._files[fh]
+        written = os.pwrite(f.fd, buf, off)
+        rec = self._inodes.get(f.ino)
+        path = self._path(rec) if rec is not None else None
+        data = buf if written == len(buf) else buf[:written]
+        await self._sink.write(f.ino, path, off, data, os.stat(f.fd).st_mtime_ns)
+        return written
+
+    @_fuse_errors
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        """close() of one descriptor: nothing to do (data is not buffered here)."""
+
+    @_fuse_errors
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        """Last close: close the backing descriptor."""
+        f = self._files.pop(fh)
+        os.close(f.fd)
+
+    @_fuse_errors
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        """Flush locally (in a worker thread: other requests go on), then report it."""
+        f = self._files[fh]
+        sync = os.fdatasync if datasync else os.fsync
+        await asyncio.get_running_loop().run_in_executor(None, sync, f.fd)
+        rec = self._inodes.get(f.ino)
+        await self._sink.fsync(f.ino, self._path(rec) if rec is not None else None, datasync)
+
+    # ---- directories -------------------------------------------------------------------------
+
+    @_fuse_errors
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        """Open the backing directory."""
+        rec = self._rec(inode)
+        fd = os.open(_proc(rec.fd), os.O_RDONLY | os.O_DIRECTORY)
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._dirs[fh] = _OpenDir(fd, inode)
+        return fh
+
+    @_fuse_errors
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        """List from a snapshot taken at the start of the listing (offsets stay stable)."""
+        d = self._dirs[fh]
+        if start_id == 0 or d.entries is None:
+            d.entries = sorted(os.fsencode(n) for n in os.listdir(d.fd))
+        for index in range(start_id, len(d.entries)):
+            name = d.entries[index]
+            try:
+                attrs = self._register(d.fd, name, count=0)
+            except FileNotFoundError:
+                continue  # removed since the snapshot
+            if not pyfuse3.readdir_reply(token, name, attrs, index + 1):
+                self._unref(attrs.st_ino, 0)
+                return
+            self._inodes[attrs.st_ino].nlookup += 1
+
+    @_fuse_errors
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        """Close the backing directory."""
+        os.close(self._dirs.pop(fh).fd)
+
+    @_fuse_errors
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        """Make the directory's entries durable, then report it."""
+        d = self._dirs[fh]
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, d.fd)
+        rec = self._inodes.get(d.ino)
+        await self._sink.fsync(d.ino, self._path(rec) if rec is not None else None, datasync)
+
+    # ---- extended attributes -----------------------------------------------------------------
+
+    @_fuse_errors
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """Set an extended attribute."""
+        rec = self._rec(inode)
+        self._refuse(ctx, "setxattr", repr(self._path(rec)))
+        os.setxattr(_proc(rec.fd), name, value)
+        await self._sink.setxattr(self._path(rec), name, value)
+
+    @_fuse_errors
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        """Read an extended attribute."""
+        try:
+            return os.getxattr(_proc(self._rec(inode).fd), name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @_fuse_errors
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        """Names of the extended attributes."""
+        names = os.listxattr(_proc(self._rec(inode).fd))
+        return [os.fsencode(n) for n in names]
+
+    @_fuse_errors
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        """Remove an extended attribute."""
+        rec = self._rec(inode)
+        self._refuse(ctx, "removexattr", repr(self._path(rec)))
+        try:
+            os.removexattr(_proc(rec.fd), name)
+        except OSError as exc:
+            if exc.errno == errno.ENODATA:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
+        await self._sink.removexattr(self._path(rec), name)
+
+
+# ---- mounts: find, clean, serve ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo that matters here."""
+
+    mount_id: int
+    mount_point: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def find_mounts(
+    directory: str | os.PathLike[str], mountinfo: str | None = None
+) -> list[MountEntry]:
+    """Every mount whose mount point is ``directory`` (top of the stack last)."""
+    target = os.path.abspath(os.fspath(directory))
+    text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    found = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        if len(fields) < sep + 3 or _unescape(fields[4]) != target:
+            continue
+        found.append(
+            MountEntry(int(fields[0]), target, fields[sep + 1], _unescape(fields[sep + 2]))
+        )
+    return found
+
+
+def is_stale(directory: str | os.PathLike[str]) -> bool:
+    """True if ``directory`` is a FUSE mount whose server is gone (ENOTCONN)."""
+    try:
+        os.stat(directory)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def clean_stale_mounts(directory: str | os.PathLike[str]) -> int:
+    """Detach every hakit mount left on ``directory`` by a server that died; returns how many.
+
+    A live hakit mount there (another server still answering) is an error: two replicators on one
+    directory would each believe they see every write."""
+    cleaned = 0
+    while True:
+        ours = [m for m in find_mounts(directory) if m.fstype == FSTYPE]
+        if not ours:
+            return cleaned
+        if not is_stale(directory):
+            raise LocalSystemError(
+                f"{directory}: already served by a running hakit replicator (mount id "
+                f"{ours[-1].mount_id}); stop it first (or `fusermount3 -u -z {directory}`)"
+            )
+        proc = subprocess.run(
+            ["fusermount3", "-u", "-z", os.fspath(directory)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LocalSystemError(
+                f"{directory}: cannot detach the stale replication mount left by a crash: "
+                f"fusermount3 -u -z said: {proc.stderr.strip() or proc.returncode}"
+            )
+        log.warning("%s: detached a stale replication mount left by a crash", directory)
+        cleaned += 1
+
+
+def open_backing_dir(directory: str | os.PathLike[str]) -> int:
+    """Clean a stale mount, then open the real directory (before anything is mounted on it)."""
+    path = os.fspath(directory)
+    if not os.path.isabs(path):
+        raise UserConfigError(f"replicated directory {path!r}: must be an absolute path")
+    clean_stale_mounts(path)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise LocalSystemError(
+            f"replicated directory {path}: cannot open it: {exc.strerror}"
+        ) from exc
+
+
+def _raise_fd_limit() -> None:
+    # Every inode the kernel remembers holds one descriptor.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(
+    directory: str | os.PathLike[str],
+    sink: MutationSink,
+    *,
+    read_only: bool = False,
+    max_tasks: int = 64,
+    on_mounted: Callable[[], None] | None = None,
+) -> None:
+    """Mount the pass-through over ``directory`` and serve it until :func:`stop` (or SIGTERM/
+    SIGINT when the caller installs :func:`install_signal_handlers`); always unmounts.
+
+    pyfuse3 holds one mount per process: one server process per replicated directory.
+    ``max_tasks`` bounds the requests handled concurrently (each waits for its own ack)."""
+    path = os.path.abspath(os.fspath(directory))
+    _raise_fd_limit()
+    os.umask(0)  # the kernel applied the caller's umask already
+    root_fd = open_backing_dir(path)
+    fs = PassthroughFS(root_fd, sink, read_only=read_only)
+    pyfuse3.asyncio.enable()
+    try:
+        pyfuse3.init(fs, path, set(_MOUNT_OPTIONS))
+    except BaseException:
+        fs.close()
+        raise
+    unmounted = False
+    try:
+        log.info(
+            "%s: replication filesystem mounted (%s)", path, "read-only" if read_only else "rw"
+        )
+        if on_mounted is not None:
+            on_mounted()
+        await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+        pyfuse3.close(unmount=True)
+        unmounted = True
+    finally:
+        if not unmounted:
+            pyfuse3.close(unmount=True)
+        fs.close()
+        log.info("%s: replication filesystem unmounted", path)
+
+
+def stop() -> None:
+    """End :func:`serve` from the loop's thread (it then unmounts)."""
+    pyfuse3.terminate()
+
+
+def install_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGTERM and SIGINT end :func:`serve` cleanly (unmount included)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hakit.replication.passthrough DIR``: serve DIR in the foreground."""
+    parser = argparse.ArgumentParser(
+        prog="python -m hakit.replication.passthrough",
+        description="Mount a pass-through FUSE filesystem over DIR until SIGTERM/SIGINT.",
+    )
+    parser.add_argument("directory", help="absolute path of the directory to serve in place")
+    parser.add_argument("--read-only", action="store_true", help="refuse and log every change")
+    parser.add_argument(
+        "--record", metavar="FILE", help="append every mutation to FILE (JSON lines)"
+    )
+    parser.add_argument("--max-tasks", type=int, default=64, help="concurrent requests (64)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        install_signal_handlers(asyncio.get_running_loop())
+        journal = open(args.record, "a") if args.record else None  # noqa: SIM115 (kept open)
+        sink: MutationSink = RecordingSink(journal) if journal is not None else NullSink()
+        try:
+            await serve(
+                args.directory,
+                sink,
+                read_only=args.read_only,
+                max_tasks=args.max_tasks,
+                on_mounted=lambda: print(f"mounted {args.directory}", flush=True),
+            )
+        finally:
+            if journal is not None:
+                journal.close()
+
+    try:
+        asyncio.run(run())
+    except (UserConfigError, LocalSystemError) as exc:
+        print(f"hakit: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = [
+    "FSTYPE",
+    "MountEntry",
+    "PassthroughFS",
+    "clean_stale_mounts",
+    "find_mounts",
+    "install_signal_handlers",
+    "is_stale",
+    "main",
+    "open_backing_dir",
+    "serve",
+    "stop",
+]
