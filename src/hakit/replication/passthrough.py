@@ -137,6 +137,16 @@ def _fuse_errors(
     return wrapper
 
 
+FlushRunner = Callable[[Callable[[int], None], int], Coroutine[Any, Any, None]]
+"""How fsync/fdatasync run: ``await runner(os.fsync, fd)`` (a worker thread keeps the loop serving
+other requests meanwhile); ``None`` runs them inline on the loop."""
+
+
+async def flush_in_thread(sync: Callable[[int], None], fd: int) -> None:
+    """The asyncio flush runner: the default executor's worker threads."""
+    await asyncio.get_running_loop().run_in_executor(None, sync, fd)
+
+
 @dataclass
 class _Inode:
     fd: int  # O_PATH descriptor on the backing object
@@ -173,11 +183,13 @@ class PassthroughFS(pyfuse3.Operations):
         *,
         read_only: bool = False,
         cache_timeout: float | None = None,
+        flush_runner: FlushRunner | None = None,
     ) -> None:
         super().__init__()
         self._sink = sink
         self._read_only = read_only
         self._timeout = cache_timeout if cache_timeout is not None else (0.0 if read_only else 60.0)
+        self._flush = flush_runner
         self._prefix = os.fsencode(os.readlink(_proc(root_fd)))
         st = os.stat(root_fd)
         self._inodes: dict[int, _Inode] = {
@@ -653,9 +665,15 @@ class PassthroughFS(pyfuse3.Operations):
         """Flush locally (in a worker thread: other requests go on), then report it."""
         f = self._files[fh]
         sync = os.fdatasync if datasync else os.fsync
-        await asyncio.get_running_loop().run_in_executor(None, sync, f.fd)
+        await self._run_flush(sync, f.fd)
         rec = self._inodes.get(f.ino)
         await self._sink.fsync(f.ino, self._path(rec) if rec is not None else None, datasync)
+
+    async def _run_flush(self, sync: Callable[[int], None], fd: int) -> None:
+        if self._flush is None:
+            sync(fd)  # inline: the loop waits for the disk, other requests wait with it
+        else:
+            await self._flush(sync, fd)
 
     # ---- directories -------------------------------------------------------------------------
 
@@ -699,7 +717,7 @@ class PassthroughFS(pyfuse3.Operations):
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         """Make the directory's entries durable, then report it."""
         d = self._dirs[fh]
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, d.fd)
+        await self._run_flush(os.fsync, d.fd)
         rec = self._inodes.get(d.ino)
         await self._sink.fsync(d.ino, self._path(rec) if rec is not None else None, datasync)
 
@@ -862,45 +880,62 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def mount(
+    directory: str | os.PathLike[str],
+    sink: MutationSink,
+    *,
+    read_only: bool = False,
+    flush_runner: FlushRunner | None = flush_in_thread,
+) -> PassthroughFS:
+    """Clean a stale mount, open the real directory, then mount the pass-through over it.
+
+    Serve it with ``pyfuse3.main()`` (asyncio after ``pyfuse3.asyncio.enable()``, else trio), then
+    :func:`unmount`. pyfuse3 holds one mount per process: one server process per replicated
+    directory."""
+    path = os.path.abspath(os.fspath(directory))
+    _raise_fd_limit()
+    os.umask(0)  # the kernel applied the caller's umask already
+    root_fd = open_backing_dir(path)
+    fs = PassthroughFS(root_fd, sink, read_only=read_only, flush_runner=flush_runner)
+    try:
+        pyfuse3.init(fs, path, set(_MOUNT_OPTIONS))
+    except BaseException:
+        fs.close()
+        raise
+    log.info("%s: replication filesystem mounted (%s)", path, "read-only" if read_only else "rw")
+    return fs
+
+
+def unmount(fs: PassthroughFS) -> None:
+    """Unmount (lazily if still busy) and close every descriptor of ``fs``."""
+    try:
+        pyfuse3.close(unmount=True)
+    finally:
+        fs.close()
+        log.info("replication filesystem unmounted")
+
+
 async def serve(
     directory: str | os.PathLike[str],
     sink: MutationSink,
     *,
     read_only: bool = False,
     max_tasks: int = 64,
+    flush_runner: FlushRunner | None = flush_in_thread,
     on_mounted: Callable[[], None] | None = None,
 ) -> None:
-    """Mount the pass-through over ``directory`` and serve it until :func:`stop` (or SIGTERM/
-    SIGINT when the caller installs :func:`install_signal_handlers`); always unmounts.
+    """On asyncio: mount the pass-through over ``directory`` and serve it until :func:`stop` (or
+    SIGTERM/SIGINT once :func:`install_signal_handlers` ran); always unmounts.
 
-    pyfuse3 holds one mount per process: one server process per replicated directory.
-    ``max_tasks`` bounds the requests handled concurrently (each waits for its own ack)."""
-    path = os.path.abspath(os.fspath(directory))
-    _raise_fd_limit()
-    os.umask(0)  # the kernel applied the caller's umask already
-    root_fd = open_backing_dir(path)
-    fs = PassthroughFS(root_fd, sink, read_only=read_only)
+    ``max_tasks`` bounds the requests handled concurrently (each may wait for its own ack)."""
     pyfuse3.asyncio.enable()
+    fs = mount(directory, sink, read_only=read_only, flush_runner=flush_runner)
     try:
-        pyfuse3.init(fs, path, set(_MOUNT_OPTIONS))
-    except BaseException:
-        fs.close()
-        raise
-    unmounted = False
-    try:
-        log.info(
-            "%s: replication filesystem mounted (%s)", path, "read-only" if read_only else "rw"
-        )
         if on_mounted is not None:
             on_mounted()
         await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
-        pyfuse3.close(unmount=True)
-        unmounted = True
     finally:
-        if not unmounted:
-            pyfuse3.close(unmount=True)
-        fs.close()
-        log.info("%s: replication filesystem unmounted", path)
+        unmount(fs)
 
 
 def stop() -> None:
@@ -959,14 +994,18 @@ if __name__ == "__main__":
 
 __all__ = [
     "FSTYPE",
+    "FlushRunner",
     "MountEntry",
     "PassthroughFS",
     "clean_stale_mounts",
     "find_mounts",
+    "flush_in_thread",
     "install_signal_handlers",
     "is_stale",
     "main",
+    "mount",
     "open_backing_dir",
     "serve",
     "stop",
+    "unmount",
 ]
