@@ -380,6 +380,7 @@ def main() -> None:
     parser.add_argument(
         "--soak", type=float, default=0.0, help="seconds of the load soak (0: skip)"
     )
+    parser.add_argument("--soak-profile", default="fast", choices=sorted(PROFILES))
     args = parser.parse_args()
     results: list[CaseResult] = []
     extra: dict[str, object] = {}
