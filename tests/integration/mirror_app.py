@@ -15,9 +15,21 @@ APP_PORT = 8080
 START_PRIM = f"""#!/bin/bash
 # start_prim CURRENT NEXT ACTION: start the application (detached: it outlives this script)
 echo "start_prim $*"
+if [ -e /srv/fail_start ]; then
+    # SafeKit's way for a start script to give up: stop the module, identified as this script.
+    "$SAFEBIN/hakit" printe "start_prim: /srv/fail_start exists, giving up"
+    "$SAFEBIN/hakit" stop -i start_prim
+    exit 1
+fi
 setsid {sys.executable} -m hakit.testing.hostname_server {APP_PORT} "$SAFEUSERVAR/app.pid" \\
     >>"$SAFEUSERVAR/app.out" 2>&1 < /dev/null &
-for _ in $(seq 100); do [ -s "$SAFEUSERVAR/app.pid" ] && exit 0; sleep 0.05; done
+for _ in $(seq 100); do
+    if [ -s "$SAFEUSERVAR/app.pid" ]; then
+        "$SAFEBIN/hakit" printi "application started (pid $(cat "$SAFEUSERVAR/app.pid"))"
+        exit 0
+    fi
+    sleep 0.05
+done
 echo "application did not start"; exit 1
 """
 
