@@ -96,7 +96,7 @@ echo "client -> http://$vip:8080/ : served by node2, $(( ($(date +%s%N) - t0) / 
 hakit lab exec node2 -- hakit state -m web
 hakit lab exec node2 -- hakit log -m web -s 12
 
-say "node1 comes back: exactly one primary remains"
+say "node1 wakes up: it sees that node2 took over with newer data and becomes its secondary"
 hakit lab thaw node1
 for _ in $(seq 300); do
   s1=$(hakit lab exec node1 -- hakit state -m web -lq; echo $?)

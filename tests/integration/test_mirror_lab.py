@@ -183,20 +183,14 @@ def test_hard_failure_frozen_primary(cluster: Callable[..., Cluster]) -> None:
     assert c.ready_code("node2") == "200"
     assert "no heartbeat" in c.hakit("node2", "log", "-m", MODULE)
     c.lab.thaw("node1")
-    # The thawed node must not keep serving: exactly one primary remains, and it serves the VIP.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        s1, s2 = c.state("node1"), c.state("node2")
-        states = {s1.get("state"), s2.get("state")}
-        if states in ({"PRIM", "SECOND"},) and "Ready" == s1.get("readiness") == s2.get(
-            "readiness"
-        ):
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError(f"no stable pair after thaw: {c.state('node1')} {c.state('node2')}")
-    primary = "node1" if c.state("node1")["state"] == "PRIM" else "node2"
-    c.wait_serving(primary)
+    # node1 hung while node2 took over and served: node2's data is newer, so the node that wakes
+    # up yields (it notices its own pause and reads node2's heartbeats before judging anything).
+    c.wait_state("node1", "SECOND", limit=60)
+    c.wait_state("node2", "PRIM")
+    c.wait_serving("node2")
+    log1 = c.hakit("node1", "log", "-m", MODULE)
+    assert "Process pause detected" in log1
+    assert "took over while this node was unreachable" in log1
 
 
 def test_link_cut_then_node1_killed_and_restarted_returns_as_second(

@@ -87,6 +87,8 @@ log = logging.getLogger(__name__)
 COMPONENT = "heart"
 # How often the generated IP checker looks for the VIP while the node is primary (SafeKit: 10 s).
 IP_CHECK_INTERVAL = 3.0
+# After a pause of this process, how long to let buffered heartbeats in before the next tick.
+PAUSE_DRAIN = 0.05
 # Gratuitous ARPs on takeover: at once, then again after these delays (a frame may be lost).
 GARP_REPEATS = (0.5, 2.0)
 
@@ -374,7 +376,21 @@ class MirrorEngine:
                 until_lost = last_seen + timeout - self.clock()
                 if 0 <= until_lost < pulse:
                     delay = until_lost + 0.001
+            expected = self.clock() + delay
             await asyncio.sleep(delay)
+            paused = self.clock() - expected
+            if paused > pulse:
+                # This process did not run for a while (SIGSTOP, a VM pause, a swap storm): the
+                # peer's heartbeats sent meanwhile wait in the socket buffer. Read them before
+                # judging the peer lost, or a primary that merely hung would declare its peer
+                # dead and start a generation of its own (corosync: "process pause detected").
+                self.modlog.append(
+                    COMPONENT,
+                    Level.EVENT,
+                    f"Process pause detected ({paused:.1f} s): reading the peer's heartbeats "
+                    "before judging its loss",
+                )
+                await asyncio.sleep(min(pulse, PAUSE_DRAIN))
             self.submit(Tick())
 
     async def _consume(self) -> None:
