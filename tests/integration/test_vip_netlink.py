@@ -118,3 +118,74 @@ def test_vip_outside_any_subnet_is_refused(veth_pair: tuple[str, str]) -> None:
         """,
     )
     assert out.startswith("refused: no interface carries a subnet containing virtual IP 10.99.0.1")
+
+
+def test_tcpreset_resets_established_connections_to_the_vip(veth_pair: tuple[str, str]) -> None:
+    a, b = veth_pair
+    sh("ip", "-n", a, "addr", "add", "10.213.9.100/24", "dev", "eth0")
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            a,
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+            import socket, time
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("10.213.9.100", 7000))
+            s.listen()
+            print("listening", flush=True)
+            conn, _ = s.accept()
+            time.sleep(30)
+            """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    client = None
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "listening"
+        client = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                b,
+                sys.executable,
+                "-c",
+                textwrap.dedent(
+                    """
+                import socket
+                c = socket.create_connection(("10.213.9.100", 7000), timeout=10)
+                print("connected", flush=True)
+                try:
+                    data = c.recv(10)
+                    print("closed" if data == b"" else "data")
+                except ConnectionResetError:
+                    print("reset")
+                """
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert client.stdout is not None and client.stdout.readline().strip() == "connected"
+        out = in_ns(
+            a,
+            """
+            from hakit.net.vip import NetlinkVip, Vip
+            print(NetlinkVip().reset_connections(Vip.parse("10.213.9.100")))
+            """,
+        )
+        assert int(out) >= 1
+        assert client.stdout.readline().strip() == "reset"
+    finally:
+        for proc in (server, client):
+            if proc is not None:
+                proc.kill()
+                proc.communicate()  # reaps it and closes its stdout pipe
