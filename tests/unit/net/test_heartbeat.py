@@ -117,3 +117,49 @@ def test_resources_follow_each_path_timeout() -> None:
     s.last_heard["default"] = 100.0
     assert s.resources(100.5) == {"heartbeat.default": "up"}
     assert s.resources(101.0) == {"heartbeat.default": "down"}
+
+
+def test_two_lans_one_silent_the_peer_is_still_heard() -> None:
+    """Two heartbeat LANs; node2's beats on LAN 'b' never reach node1 (wrong port): node1 still hears
+    node2 on 'a', and only heartbeat.b is down."""
+
+    async def scenario() -> None:
+        port_a, port_b, dead = free_udp_port(), free_udp_port(), free_udp_port()
+        got1: list[Beat] = []
+        p1 = [
+            HeartbeatPath("a", "a", "127.0.0.1", "127.0.0.2", port_a, 0.05, 0.5),
+            HeartbeatPath("b", "b", "127.0.0.3", "127.0.0.4", port_b, 0.05, 0.5),
+        ]
+        p2 = [
+            HeartbeatPath("a", "a", "127.0.0.2", "127.0.0.1", port_a, 0.05, 0.5),
+            HeartbeatPath("b", "b", "127.0.0.4", "127.0.0.3", dead, 0.05, 0.5),
+        ]
+        s1 = HeartbeatService(
+            module="app",
+            local="node1",
+            peer="node2",
+            key=KEY,
+            incarnation=1,
+            paths=p1,
+            on_beat=got1.append,
+        )
+        s2 = HeartbeatService(
+            module="app",
+            local="node2",
+            peer="node1",
+            key=KEY,
+            incarnation=1,
+            paths=p2,
+            on_beat=lambda b: None,
+        )
+        t1 = asyncio.create_task(s1.run())
+        t2 = asyncio.create_task(s2.run())
+        await until(lambda: len(got1) >= 5, "node1 hears node2")
+        now = asyncio.get_running_loop().time()
+        assert s1.resources(now) == {"heartbeat.a": "up", "heartbeat.b": "down"}
+        assert {b.ident for b in got1} == {"a"}
+        t1.cancel()
+        t2.cancel()
+        await asyncio.gather(t1, t2, return_exceptions=True)
+
+    asyncio.run(scenario())
