@@ -4,7 +4,10 @@ Setups (each a directory under /var/tmp on the same ext4 disk; every FUSE server
 process mounted over its directory, as the replicator will be):
 
 * ``raw``: the directory itself, no FUSE;
-* ``hakit-pyfuse3``: ``hakit.replication.passthrough`` (pyfuse3 low-level API on asyncio), no peer;
+* ``hakit-pyfuse3``: ``hakit.replication.passthrough`` (pyfuse3 low-level API on asyncio, fsync on
+  the loop), no peer; ``-thread-fsync``: fsync in a worker thread; ``-trio``: the same filesystem on
+  pyfuse3's native trio loop; ``pyfuse3-lean``: the same with a bare write path
+  (what the binding costs without hakit's bookkeeping);
 * ``mfusepy-mt`` / ``mfusepy-st``: a minimal path-based pass-through on mfusepy (libfuse's
   high-level API through ctypes), multi-threaded / single-threaded, no peer;
 * ``*+ack200us``: the same servers, each mutation waiting 200 µs before it returns (a simulated
@@ -16,8 +19,10 @@ process mounted over its directory, as the replicator will be):
   without the receiver's disk writes.
 
 Workloads: 1 MiB sequential writes of 256 MiB then fsync (MiB/s); 4 KiB random writes into a
-64 MiB file by one thread, and by 8 threads into 8 files of 8 MiB (IOPS); 4 KiB write + fsync latency (p50/p99, µs); metadata:
-create+close, rename, unlink of 1000 files (ops/s).
+64 MiB file by one thread, by 8 threads into 8 files of 8 MiB, and by 8 threads into the one file
+(IOPS); 4 KiB write + fsync latency (p50/p99, µs); metadata:
+create+close, rename, unlink of 1000 files (ops/s); and the FUSE server's CPU time per 4 KiB write
+(µs, from /proc: the cost that does not depend on what else the machine runs).
 
 Run as root from the repository on a quiet machine: ``.venv/bin/python bench/fuse_binding.py``
 (about a minute). Results: a JSON file under ``bench/results/`` and a Markdown table on stdout
@@ -54,7 +59,7 @@ sys.path.insert(0, str(REPO / "src"))
 MiB = 1024 * 1024
 SEQ_MIB = 256
 RAND_FILE = 64 * MiB
-RAND_OPS = 20000
+RAND_OPS = 16000
 FSYNC_OPS = 1500
 META_FILES = 1000
 THREADS = 8
@@ -87,11 +92,11 @@ def delay_sink(delay_us: int, wait: Callable[[float], Any]) -> Any:
     return DelaySink()
 
 
-def serve_pyfuse3(directory: str, delay_us: int, ack_port: int, inline_fsync: bool) -> None:
+def serve_pyfuse3(directory: str, delay_us: int, ack_port: int, thread_fsync: bool) -> None:
     from hakit.replication import passthrough
     from hakit.replication import sink as sinkmod
 
-    runner = None if inline_fsync else passthrough.flush_in_thread
+    runner = passthrough.flush_in_thread if thread_fsync else None
 
     async def run() -> None:
         passthrough.install_signal_handlers(asyncio.get_running_loop())
@@ -111,6 +116,40 @@ def serve_pyfuse3(directory: str, delay_us: int, ack_port: int, inline_fsync: bo
             sink = sinkmod.NullSink()
         await passthrough.serve(
             directory, sink, flush_runner=runner, on_mounted=lambda: print("mounted", flush=True)
+        )
+
+    asyncio.run(run())
+
+
+def serve_pyfuse3_lean(directory: str) -> None:
+    """The hakit filesystem with a bare write path (no mtime, path or sink; getxattr without the
+    error wrapper): what the binding costs apart from hakit's bookkeeping (asyncio, fsync inline)."""
+    import pyfuse3
+
+    from hakit.replication import passthrough
+    from hakit.replication.sink import NullSink
+
+    class Lean(passthrough.PassthroughFS):
+        async def write(self, fh: Any, off: int, buf: bytes) -> int:  # type: ignore[override]
+            return os.pwrite(self._files[fh].fd, buf, off)
+
+        async def getxattr(self, inode: Any, name: bytes, ctx: Any) -> bytes:  # type: ignore[override]
+            try:
+                return os.getxattr(f"/proc/self/fd/{self._inodes[inode].fd}", name)
+            except OSError as exc:
+                raise pyfuse3.FUSEError(
+                    pyfuse3.ENOATTR if exc.errno == errno.ENODATA else exc.errno
+                ) from None
+
+    passthrough.PassthroughFS = Lean  # type: ignore[misc]
+
+    async def run() -> None:
+        passthrough.install_signal_handlers(asyncio.get_running_loop())
+        await passthrough.serve(
+            directory,
+            NullSink(),
+            flush_runner=None,
+            on_mounted=lambda: print("mounted", flush=True),
         )
 
     asyncio.run(run())
@@ -381,13 +420,12 @@ def seq_write(d: Path) -> float:
     return SEQ_MIB / elapsed
 
 
-def rand_writes(d: Path, threads: int) -> float:
-    """4 KiB writes at random aligned offsets; with several threads each has its own file (the
-    kernel serializes writes to one FUSE file under its inode lock, so only separate files can
-    have writes in flight together)."""
-    size = RAND_FILE // threads
+def rand_writes(d: Path, threads: int, same_file: bool = False) -> float:
+    """4 KiB writes at random aligned offsets; with several threads each has its own file, or all
+    share one (``same_file``: the kernel serializes writes to one FUSE file under its inode lock)."""
+    size = RAND_FILE if same_file else RAND_FILE // threads
     chunk = os.urandom(MiB)
-    paths = [d / f"rand{i}" for i in range(threads)]
+    paths = [d / "rand0"] if same_file else [d / f"rand{i}" for i in range(threads)]
     for path in paths:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
         for i in range(size // MiB):
@@ -400,7 +438,7 @@ def rand_writes(d: Path, threads: int) -> float:
     def work(index: int) -> None:
         rng = random.Random(index)
         offsets = [rng.randrange(size // 4096) * 4096 for _ in range(per)]
-        f = os.open(paths[index], os.O_WRONLY)
+        f = os.open(paths[0 if same_file else index], os.O_WRONLY)
         try:
             for off in offsets:
                 os.pwrite(f, block, off)
@@ -450,12 +488,25 @@ def metadata(d: Path) -> float:
     return 3 * META_FILES / elapsed
 
 
-def measure(d: Path) -> dict[str, float]:
+def cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by process ``pid`` and its threads (0 for none)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(d: Path, server_pid: int | None = None) -> dict[str, float]:
     p50, p99 = fsync_latency(d)
+    cpu0 = cpu_seconds(server_pid)
+    iops = rand_writes(d, 1)
+    cpu = cpu_seconds(server_pid) - cpu0
     return {
         "seq_mib_s": seq_write(d),
-        "rand4k_iops_1t": rand_writes(d, 1),
+        "rand4k_iops_1t": iops,
+        "server_cpu_us_per_4k_write": cpu / RAND_OPS * 1e6,
         f"rand4k_iops_{THREADS}t": rand_writes(d, THREADS),
+        f"rand4k_iops_{THREADS}t_1file": rand_writes(d, THREADS, same_file=True),
         "fsync4k_p50_us": p50,
         "fsync4k_p99_us": p99,
         "meta_ops_s": metadata(d),
@@ -474,7 +525,7 @@ def _is_mounted(d: Path) -> bool:
 
 
 @contextlib.contextmanager
-def server(d: Path, argv: list[str]) -> Iterator[None]:
+def server(d: Path, argv: list[str]) -> Iterator[int]:
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
@@ -484,7 +535,7 @@ def server(d: Path, argv: list[str]) -> Iterator[None]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"{argv}: did not mount ({line!r})")
             time.sleep(0.01)
-        yield
+        yield proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -517,7 +568,9 @@ def main() -> int:
     p.add_argument("dir")
     p.add_argument("--delay-us", type=int, default=0)
     p.add_argument("--ack-port", type=int, default=0)
-    p.add_argument("--inline-fsync", action="store_true")
+    p.add_argument("--thread-fsync", action="store_true")
+    p = sub.add_parser("serve-pyfuse3-lean")
+    p.add_argument("dir")
     p = sub.add_parser("serve-pyfuse3-trio")
     p.add_argument("dir")
     p.add_argument("--delay-us", type=int, default=0)
@@ -533,7 +586,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.cmd == "serve-pyfuse3":
-        serve_pyfuse3(args.dir, args.delay_us, args.ack_port, args.inline_fsync)
+        serve_pyfuse3(args.dir, args.delay_us, args.ack_port, args.thread_fsync)
+        return 0
+    if args.cmd == "serve-pyfuse3-lean":
+        serve_pyfuse3_lean(args.dir)
         return 0
     if args.cmd == "serve-pyfuse3-trio":
         serve_pyfuse3_trio(args.dir, args.delay_us)
@@ -556,8 +612,9 @@ def main() -> int:
     cases: dict[str, list[str] | None] = {
         "raw": None,
         "hakit-pyfuse3": [*me, "serve-pyfuse3"],
-        "hakit-pyfuse3-inline-fsync": [*me, "serve-pyfuse3", "--inline-fsync"],
+        "hakit-pyfuse3-thread-fsync": [*me, "serve-pyfuse3", "--thread-fsync"],
         "hakit-pyfuse3-trio": [*me, "serve-pyfuse3-trio"],
+        "pyfuse3-lean": [*me, "serve-pyfuse3-lean"],
         "mfusepy-mt": [*me, "serve-mfusepy"],
         "mfusepy-st": [*me, "serve-mfusepy", "--single"],
         "hakit-pyfuse3+ack200us": [*me, "serve-pyfuse3", "--delay-us", "200"],
@@ -579,8 +636,8 @@ def main() -> int:
                 if argv is None:
                     results[name] = measure(d)
                 else:
-                    with server(d, [*argv, str(d)]):
-                        results[name] = measure(d)
+                    with server(d, [*argv, str(d)]) as pid:
+                        results[name] = measure(d, pid)
                 print(name, {k: round(v, 1) for k, v in results[name].items()}, flush=True)
     finally:
         for d in base.iterdir():
@@ -597,14 +654,19 @@ def main() -> int:
         cells = []
         for k in keys:
             cell = f"{r[k]:,.0f}"
-            if raw and name != "raw":
+            if raw and name != "raw" and raw[k]:
                 cell += f" ({r[k] / raw[k]:.2f}×)"
             cells.append(cell)
         print(f"| {name} | " + " | ".join(cells) + " |")
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    info = {"cpus": os.cpu_count(), "kernel": os.uname().release, "results": results}
+    info = {
+        "cpus": os.cpu_count(),
+        "kernel": os.uname().release,
+        "loadavg_after": os.getloadavg(),
+        "results": results,
+    }
     (out_dir / f"fuse_binding-{stamp}.json").write_text(json.dumps(info, indent=2) + "\n")
     return 0
 

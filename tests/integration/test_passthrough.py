@@ -26,7 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from hakit.replication.passthrough import FSTYPE, clean_stale_mounts, find_mounts, is_stale
+pytest.importorskip("pyfuse3", reason="pyfuse3 is not installed (pip install pyfuse3)")
+
+from hakit.replication.passthrough import (
+    FSTYPE,
+    clean_stale_mounts,
+    find_mounts,
+    is_stale,
+)
 
 
 def _why_no_fuse() -> str | None:

@@ -662,7 +662,7 @@ class PassthroughFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        """Flush locally (in a worker thread: other requests go on), then report it."""
+        """Flush locally (inline, or through the flush runner), then report it."""
         f = self._files[fh]
         sync = os.fdatasync if datasync else os.fsync
         await self._run_flush(sync, f.fd)
@@ -885,7 +885,7 @@ def mount(
     sink: MutationSink,
     *,
     read_only: bool = False,
-    flush_runner: FlushRunner | None = flush_in_thread,
+    flush_runner: FlushRunner | None = None,
 ) -> PassthroughFS:
     """Clean a stale mount, open the real directory, then mount the pass-through over it.
 
@@ -921,7 +921,7 @@ async def serve(
     *,
     read_only: bool = False,
     max_tasks: int = 64,
-    flush_runner: FlushRunner | None = flush_in_thread,
+    flush_runner: FlushRunner | None = None,
     on_mounted: Callable[[], None] | None = None,
 ) -> None:
     """On asyncio: mount the pass-through over ``directory`` and serve it until :func:`stop` (or

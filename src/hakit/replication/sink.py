@@ -10,9 +10,9 @@ Ordering contract: sink methods are *called* (their coroutine started) in the or
 were applied locally, with no suspension point in between: the filesystem runs on one asyncio loop
 and does ``syscall(); await sink.m(...)``. An implementation that assigns its stream position
 before its first ``await`` therefore sends mutations in exactly the local order, while many calls
-can be awaiting their acknowledgements at once (pipelining). ``fsync`` is the exception: the local
-flush runs in a worker thread first, so it is ordered after every mutation that preceded the
-application's ``fsync()`` call, which is all POSIX asks.
+can be awaiting their acknowledgements at once (pipelining). ``fsync`` is reported after the local
+flush (inline on the loop by default, or in a worker thread), so it is ordered after every mutation
+that preceded the application's ``fsync()`` call, which is all POSIX asks.
 
 Paths are relative to the replicated directory, as bytes (file names are bytes on Linux),
 ``b""`` being the directory itself. ``ino`` identifies a file for ordering (the filesystem's inode

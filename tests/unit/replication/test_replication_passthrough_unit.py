@@ -6,7 +6,12 @@ import asyncio
 import io
 import json
 
+import pytest
+
 from hakit.replication import NewNode, RecordingSink
+
+pytest.importorskip("pyfuse3", reason="pyfuse3 is not installed (pip install pyfuse3)")
+
 from hakit.replication.passthrough import FSTYPE, find_mounts
 
 MOUNTINFO = (
