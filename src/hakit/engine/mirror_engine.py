@@ -64,6 +64,7 @@ from hakit.core.events import (
     ScriptExited,
     Tick,
 )
+from hakit.core.generations import DataStatus
 from hakit.core.mirror import decide
 from hakit.core.mirror_model import (
     Decision,
@@ -649,9 +650,7 @@ class MirrorEngine:
         peer = s.peer
         resources = {
             **self.heartbeat.resources(now),
-            "rfs.uptodate": "up"
-            if s.data.status.value == "uptodate" or s.state in PRIMARY_STATES
-            else "down",
+            "rfs.uptodate": "up" if _up_to_date(s) else "down",
             "usersetting.failover": "on" if s.failover else "off",
             "heart.stopstartloop": str(len(s.loop_times)),
         }
@@ -683,6 +682,16 @@ class MirrorEngine:
                 else None
             ),
         }
+
+
+def _up_to_date(s: MirrorState) -> bool:
+    """SafeKit's ``rfs.uptodate``: this node's data can serve as the primary's (a primary, a
+    synchronized SECOND, or a stopped node that was the last sole writer)."""
+    if s.state in PRIMARY_STATES:
+        return True
+    if s.state is ModuleState.SECOND and s.readiness is Readiness.READY:
+        return True
+    return s.data.status is DataStatus.UP_TO_DATE
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ def test_pair_prim_second_failover_and_return(tmp_path: Path) -> None:
             assert e2.vip.addresses == set()  # type: ignore[attr-defined]
             assert "start_prim" in ran(e1) and "start_second" in ran(e2)
             assert not (tmp_path / "node2" / "ready.txt").exists()
+            assert e2.snapshot()["resources"]["rfs.uptodate"] == "up"  # a synchronized SECOND
             assert (tmp_path / "node1" / "state").read_text() == "PRIM Ready\n"
 
             # Clean stop of the primary: announced, node2 takes over at once.
