@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
+from hakit.cli.client import ApiClient, DaemonUnreachable
 from hakit.config.report import ConfigInvalid
-from hakit.errors import NotFoundError, UserConfigError
+from hakit.errors import HakitError, NotFoundError, UserConfigError
 from hakit.modules import (
     TEMPLATE_KINDS,
     check_module_name,
@@ -198,6 +199,23 @@ def config_cmd(name: str) -> None:
         f"configured module {name} (id {result.module_id}, {result.mode}), active copy at "
         f"{result.active_dir}; ports: {used}"
     )
+    click.echo(_reload_engine(name))
+
+
+def _reload_engine(name: str) -> str:
+    """Ask the local hakitd to (re)start the module's engine on the new active copy now.
+
+    Without a running daemon nothing is lost: hakitd starts the engine from the active copy when
+    it starts (and it notices a changed copy by itself within a few seconds).
+    """
+    try:
+        with ApiClient() as api:
+            api.post(f"modules/{name}/reload")
+    except DaemonUnreachable:
+        return "hakitd is not running here: the module's engine starts with it"
+    except HakitError as exc:
+        return f"the running hakitd will pick up the new configuration by itself ({exc})"
+    return "hakitd restarted the module's engine on the new configuration"
 
 
 commands: list[click.Command] = [module, config_cmd]
