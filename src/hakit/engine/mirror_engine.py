@@ -275,7 +275,6 @@ class MirrorEngine:
     _script: _Running | None = field(default=None, init=False)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
     _vip_up: bool = field(default=False, init=False)
-    _peer_incarnation: int | None = field(default=None, init=False)
     _peer_released: tuple[int, int] | None = field(default=None, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _announcements: int = field(default=0, init=False)
