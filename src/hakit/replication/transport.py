@@ -119,7 +119,8 @@ class Sender:
         self._writer = writer
         self._batch = _Batcher(writer)
         self._sendtimeout = sendtimeout
-        self._ping_interval = ping_interval
+        # An idle peer must be pinged several times per sendtimeout, or it would look dead.
+        self._ping_interval = min(ping_interval, sendtimeout / 3)
         self._on_peer_lost = on_peer_lost
         self._seq = 0
         # seq -> (sent at, future), in increasing seq order: acks release a prefix.
@@ -215,9 +216,10 @@ class Sender:
         await self._shutdown()
 
     async def _shutdown(self) -> None:
-        for task in self._tasks:
-            if task is not asyncio.current_task():
-                task.cancel()
+        others = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
@@ -227,6 +229,9 @@ class Sender:
         if self._lost is not None:
             return
         self._lost = error
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
         while self._waiting:
             _, (_, future) = self._waiting.popitem(last=False)
             if not future.done():
@@ -272,7 +277,7 @@ class Sender:
             self._fail(PeerLost(f"peer {peer} broke the replication protocol: {exc}"))
 
     async def _tick_loop(self) -> None:
-        tick = min(self._ping_interval, self._sendtimeout) / 4
+        tick = self._ping_interval / 4
         while self._lost is None:
             await asyncio.sleep(tick)
             now = self._loop.time()

@@ -147,7 +147,10 @@ def test_receiver_that_stops_acking_makes_the_sender_time_out_once() -> None:
     run(scenario, async_mode="none", sendtimeout=0.3)
 
 
-def test_idle_connection_stays_up_with_pings() -> None:
+@pytest.mark.parametrize("ping_interval", [0.05, 1.0])
+def test_idle_connection_stays_up_with_pings(ping_interval: float) -> None:
+    """Pings keep an idle peer alive, also when asked less often than sendtimeout allows."""
+
     async def scenario(peer: Peer, sender: Sender, lost: list[str]) -> None:
         await asyncio.sleep(0.5)  # longer than sendtimeout: PONGs keep the peer alive
         assert await sender.send(FrameType.MKDIR, b"d") == 1
@@ -162,7 +165,7 @@ def test_idle_connection_stays_up_with_pings() -> None:
             port,
             PRIMARY,
             sendtimeout=0.3,
-            ping_interval=0.05,
+            ping_interval=ping_interval,
             on_peer_lost=lost.append,
         )
         try:
