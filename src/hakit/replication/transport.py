@@ -1,0 +1,506 @@
+"""The replication connection: a pipelining sender and an in-order receiver over TCP (asyncio).
+
+Theory of operation (docs/design/replication.md §4, §5, §7):
+
+* :class:`Sender` (primary) connects, authenticates (:mod:`handshake`), then numbers every request
+  and queues it *synchronously* in :meth:`Sender.send` before its first ``await``, so the stream
+  order is the callers' order while any number of callers wait for their acks at once. Frames
+  queued during one loop turn leave in one write. Acks are cumulative: ``ACK n`` releases every
+  waiter up to ``n``.
+* The sender gives up on the peer (every waiter gets :class:`PeerTimeout` or :class:`PeerLost`, and
+  ``on_peer_lost(reason)`` is called exactly once) when the oldest unacknowledged request is older
+  than ``sendtimeout``, when nothing (not even a ``PONG`` to its idle ``PING``) was heard for
+  ``sendtimeout``, when the peer reports an ``ERROR``, or at once on EOF/reset. What to do with the
+  already-applied local changes is the caller's business (the sink layer waits for the generation
+  persist, §7).
+* :class:`Receiver` (secondary) listens, accepts connections that authenticate as the expected
+  peer, and hands each request to ``apply`` strictly in stream order (one task). It acknowledges
+  on receipt with ``async="second"`` and after ``apply`` with ``async="none"``; frames in
+  :data:`wire.ACK_AFTER_APPLY` (``FSYNC``) always after ``apply``, and since acks are cumulative
+  nothing after such a frame is acknowledged before it. Acks computed during one loop turn leave
+  as one ``ACK``. If ``apply`` raises, the receiver sends ``ERROR`` and closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno as errno_codes
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from hakit.errors import PeerProtocolError
+from hakit.replication import handshake
+from hakit.replication.handshake import AuthenticationError, PeerInfo
+from hakit.replication.wire import (
+    ACK_AFTER_APPLY,
+    MAX_FRAME,
+    REQUEST_TYPES,
+    Frame,
+    FrameType,
+    ProtocolError,
+    encode_frame,
+    error_frame,
+    parse_error,
+    read_frame,
+)
+
+log = logging.getLogger(__name__)
+
+AsyncMode = Literal["second", "none"]
+
+
+class PeerLost(PeerProtocolError):
+    """The peer cannot acknowledge this request any more (connection broken, error, closed)."""
+
+
+class PeerTimeout(PeerLost):
+    """The peer did not acknowledge (or answer pings) within ``sendtimeout``."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who we are and who the peer must be on one replicated directory's connection."""
+
+    key: bytes
+    local: str
+    peer: str
+    module: str
+    index: int
+    generation: int = 0
+
+
+def _nodelay(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _Batcher:
+    """Collects frames queued during one loop turn and writes them in one go."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._chunks: list[bytes] = []
+        self._scheduled = False
+
+    def queue(self, data: bytes) -> None:
+        self._chunks.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        data, self._chunks = b"".join(self._chunks), []
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+
+class Sender:
+    """The primary's end of one replication connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerInfo,
+        *,
+        sendtimeout: float,
+        on_peer_lost: Callable[[str], None],
+        ping_interval: float = 1.0,
+    ) -> None:
+        self.peer = peer
+        self._reader = reader
+        self._writer = writer
+        self._batch = _Batcher(writer)
+        self._sendtimeout = sendtimeout
+        # An idle peer must be pinged several times per sendtimeout, or it would look dead.
+        self._ping_interval = min(ping_interval, sendtimeout / 3)
+        self._on_peer_lost = on_peer_lost
+        self._seq = 0
+        # seq -> (sent at, future), in increasing seq order: acks release a prefix.
+        self._waiting: collections.OrderedDict[int, tuple[float, asyncio.Future[int]]] = (
+            collections.OrderedDict()
+        )
+        self._loop = asyncio.get_running_loop()
+        self._last_heard = self._loop.time()
+        self._last_ping = self._loop.time()
+        self._lost: PeerLost | None = None
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="replication-sender-reader"),
+            asyncio.create_task(self._tick_loop(), name="replication-sender-ticker"),
+        ]
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        identity: Identity,
+        *,
+        sendtimeout: float,
+        on_peer_lost: Callable[[str], None],
+        ping_interval: float = 1.0,
+        handshake_timeout: float = 5.0,
+    ) -> Sender:
+        """Connect to the peer's receiver, authenticate, and return the ready sender.
+
+        Raises OSError if the peer is unreachable, AuthenticationError/ProtocolError if the
+        handshake is refused (the connection is closed in every case).
+        """
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port), handshake_timeout
+        )
+        try:
+            _nodelay(writer)
+            peer = await handshake.authenticate(
+                reader,
+                writer,
+                identity.key,
+                identity.local,
+                identity.peer,
+                identity.module,
+                identity.index,
+                "primary",
+                generation=identity.generation,
+                timeout=handshake_timeout,
+            )
+        except BaseException as exc:
+            writer.close()
+            if isinstance(exc, asyncio.IncompleteReadError):
+                raise PeerLost(
+                    f"replication peer {host}:{port} closed the connection during the handshake"
+                ) from None
+            raise
+        return cls(
+            reader,
+            writer,
+            peer,
+            sendtimeout=sendtimeout,
+            on_peer_lost=on_peer_lost,
+            ping_interval=ping_interval,
+        )
+
+    @property
+    def outstanding(self) -> int:
+        """Requests sent and not acknowledged yet."""
+        return len(self._waiting)
+
+    async def send(self, frame_type: FrameType, header: bytes, payload: bytes = b"") -> int:
+        """Send one request and wait for its acknowledgement; return its sequence number.
+
+        The request is numbered and queued before the first suspension point, so concurrent
+        callers' requests go out in the order they called. Raises PeerTimeout/PeerLost if the
+        peer cannot acknowledge it, ValueError for a frame that cannot be encoded.
+        """
+        if frame_type not in REQUEST_TYPES:
+            raise ValueError(f"{frame_type.name} is not a replication request")
+        if self._lost is not None:
+            raise self._lost
+        self._seq += 1
+        seq = self._seq
+        data = encode_frame(Frame(frame_type, seq, header, payload))
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._waiting[seq] = (self._loop.time(), future)
+        self._batch.queue(data)
+        return await future
+
+    async def close(self) -> None:
+        """Close the connection; waiters get PeerLost (``on_peer_lost`` is not called)."""
+        self._fail(PeerLost("replication connection closed locally"), report=False)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        others = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+
+    def _fail(self, error: PeerLost, *, report: bool = True) -> None:
+        """Fail every waiter with ``error``; report the loss once."""
+        if self._lost is not None:
+            return
+        self._lost = error
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        while self._waiting:
+            _, (_, future) = self._waiting.popitem(last=False)
+            if not future.done():
+                future.set_exception(error)
+        self._writer.close()
+        if report:
+            log.warning("replication peer %s lost: %s", self.peer.node, error)
+            self._on_peer_lost(str(error))
+
+    def _release(self, upto: int) -> None:
+        while self._waiting:
+            seq = next(iter(self._waiting))
+            if seq > upto:
+                break
+            _, future = self._waiting.pop(seq)
+            if not future.done():
+                future.set_result(seq)
+
+    async def _read_loop(self) -> None:
+        peer = self.peer.node
+        try:
+            while True:
+                frame = await read_frame(self._reader, MAX_FRAME)
+                self._last_heard = self._loop.time()
+                if frame.type is FrameType.ACK:
+                    if frame.seq > self._seq:
+                        raise ProtocolError(f"ACK {frame.seq} for a request never sent")
+                    self._release(frame.seq)
+                elif frame.type is FrameType.ERROR:
+                    code, text = parse_error(frame)
+                    name = errno_codes.errorcode.get(code, str(code))
+                    self._fail(PeerLost(f"peer {peer} could not apply #{frame.seq}: {name} {text}"))
+                    return
+                elif frame.type is FrameType.PING:
+                    self._batch.queue(encode_frame(Frame(FrameType.PONG)))
+                elif frame.type is not FrameType.PONG:
+                    raise ProtocolError(f"unexpected {frame.type.name} frame from the receiver")
+        except asyncio.IncompleteReadError:
+            self._fail(PeerLost(f"peer {peer} closed the replication connection"))
+        except (ConnectionError, OSError) as exc:
+            self._fail(PeerLost(f"replication connection to {peer} broken: {exc}"))
+        except ProtocolError as exc:
+            self._fail(PeerLost(f"peer {peer} broke the replication protocol: {exc}"))
+
+    async def _tick_loop(self) -> None:
+        tick = self._ping_interval / 4
+        while self._lost is None:
+            await asyncio.sleep(tick)
+            now = self._loop.time()
+            if self._waiting:
+                seq, (sent, _) = next(iter(self._waiting.items()))
+                if now - sent > self._sendtimeout:
+                    self._fail(
+                        PeerTimeout(
+                            f"peer {self.peer.node} did not acknowledge #{seq} within "
+                            f"sendtimeout {self._sendtimeout:g}s"
+                        )
+                    )
+            elif now - self._last_heard > self._sendtimeout:
+                self._fail(
+                    PeerTimeout(
+                        f"peer {self.peer.node} did not answer for sendtimeout "
+                        f"{self._sendtimeout:g}s"
+                    )
+                )
+            elif now - max(self._last_ping, self._last_heard) >= self._ping_interval:
+                self._last_ping = now
+                self._batch.queue(encode_frame(Frame(FrameType.PING)))
+
+
+Apply = Callable[[Frame], Awaitable[None]]
+
+
+class _Connection:
+    """One authenticated connection on the receiver: read, apply in order, acknowledge."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerInfo,
+        apply: Apply,
+        async_mode: AsyncMode,
+    ) -> None:
+        self.peer = peer
+        self._reader = reader
+        self._writer = writer
+        self._batch = _Batcher(writer)
+        self._apply = apply
+        self._async_mode = async_mode
+        self._queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self._received = 0  # highest seq read
+        self._applied = 0  # highest seq applied
+        self._barriers: collections.deque[int] = collections.deque()  # unapplied ack-after-apply
+        self._acked = 0
+        self._ack_scheduled = False
+
+    async def run(self) -> None:
+        """Serve until the peer goes away or breaks the protocol, or ``apply`` fails."""
+        applier = asyncio.create_task(self._apply_loop(), name="replication-receiver-apply")
+        reader = asyncio.create_task(self._read_loop(), name="replication-receiver-reader")
+        try:
+            await asyncio.wait((applier, reader), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (applier, reader):
+                task.cancel()
+            await asyncio.gather(applier, reader, return_exceptions=True)
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (reset), e.g. when the peer reconnected."""
+        transport = self._writer.transport
+        transport.abort()
+
+    async def _read_loop(self) -> None:
+        peer = self.peer.node
+        try:
+            while True:
+                frame = await read_frame(self._reader, MAX_FRAME)
+                if frame.type is FrameType.PING:
+                    self._batch.queue(encode_frame(Frame(FrameType.PONG)))
+                elif frame.type is FrameType.PONG:
+                    pass
+                elif frame.type in REQUEST_TYPES:
+                    if frame.seq != self._received + 1:
+                        raise ProtocolError(
+                            f"request #{frame.seq} after #{self._received} (a gap in the stream)"
+                        )
+                    self._received = frame.seq
+                    if frame.type in ACK_AFTER_APPLY or self._async_mode == "none":
+                        self._barriers.append(frame.seq)
+                    self._queue.put_nowait(frame)
+                    self._schedule_ack()
+                else:
+                    raise ProtocolError(f"unexpected {frame.type.name} frame from the sender")
+        except asyncio.IncompleteReadError:
+            log.info("replication peer %s closed the connection", peer)
+        except (ConnectionError, OSError) as exc:
+            log.warning("replication connection from %s broken: %s", peer, exc)
+        except ProtocolError as exc:
+            log.warning("replication peer %s broke the protocol: %s", peer, exc)
+
+    async def _apply_loop(self) -> None:
+        while True:
+            frame = await self._queue.get()
+            try:
+                await self._apply(frame)
+            except Exception as exc:  # the peer is out of date: tell it, and stop
+                code = exc.errno if isinstance(exc, OSError) and exc.errno else errno_codes.EIO
+                log.error(
+                    "replication: cannot apply %s #%d from %s: %s",
+                    frame.type.name,
+                    frame.seq,
+                    self.peer.node,
+                    exc,
+                )
+                self._batch.queue(encode_frame(error_frame(frame.seq, code, str(exc))))
+                await asyncio.sleep(0)  # let the batch leave before the connection closes
+                return
+            self._applied = frame.seq
+            if self._barriers and self._barriers[0] == frame.seq:
+                self._barriers.popleft()
+            self._schedule_ack()
+
+    def _ackable(self) -> int:
+        """The highest seq every request up to which may be acknowledged."""
+        if self._barriers:
+            return max(self._applied, self._barriers[0] - 1)
+        return self._received
+
+    def _schedule_ack(self) -> None:
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_ack)
+
+    def _send_ack(self) -> None:
+        self._ack_scheduled = False
+        upto = self._ackable()
+        if upto > self._acked:
+            self._acked = upto
+            self._batch.queue(encode_frame(Frame(FrameType.ACK, upto)))
+
+
+class Receiver:
+    """The secondary's end: listens, authenticates the expected peer, applies its requests.
+
+    One connection is served at a time: a new authenticated connection from the peer (it
+    reconnected) replaces the old one. ``refusals`` keeps the reason of each refused handshake
+    (its count is the design's counter).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        apply: Apply,
+        *,
+        async_mode: AsyncMode = "second",
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        self._identity = identity
+        self._apply = apply
+        self._async_mode = async_mode
+        self._handshake_timeout = handshake_timeout
+        self._server: asyncio.Server | None = None
+        self._current: _Connection | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.refusals: list[str] = []
+        self.peers: list[PeerInfo] = []
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen on ``host:port`` (0: any free port); return the port."""
+        self._server = await asyncio.start_server(self._accept, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening and drop the current connection."""
+        if self._server is not None:
+            self._server.close()
+        if self._current is not None:
+            self._current.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.create_task(self._serve(reader, writer), name="replication-receiver")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername")
+        where = f"{address[0]}:{address[1]}" if address else "?"
+        ident = self._identity
+        try:
+            _nodelay(writer)
+            peer = await handshake.authenticate(
+                reader,
+                writer,
+                ident.key,
+                ident.local,
+                ident.peer,
+                ident.module,
+                ident.index,
+                "secondary",
+                generation=ident.generation,
+                timeout=self._handshake_timeout,
+            )
+        except (AuthenticationError, ProtocolError, TimeoutError) as exc:
+            reason = str(exc) or "handshake timed out"
+            self.refusals.append(reason)
+            log.warning("replication peer %s refused: %s", where, reason)
+            writer.close()
+            return
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            log.info("replication connection from %s ended during the handshake: %s", where, exc)
+            writer.close()
+            return
+        self.peers.append(peer)
+        if self._current is not None:
+            log.info("replication peer %s reconnected: dropping its old connection", peer.node)
+            self._current.abort()
+        connection = _Connection(reader, writer, peer, self._apply, self._async_mode)
+        self._current = connection
+        try:
+            await connection.run()
+        finally:
+            if self._current is connection:
+                self._current = None
