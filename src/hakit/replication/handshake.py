@@ -188,8 +188,10 @@ def _expect(frame: Frame, wanted: FrameType, peer: str) -> None:
         raise ProtocolError(f"handshake: expected {wanted.name}, got {frame.type.name}")
 
 
-class Initiator:
-    """The primary's side: :meth:`hello`, then :meth:`on_reply` gives the proof and the peer."""
+class _Party:
+    """What both sides hold: the key, the expected peer and our own hello (one per role)."""
+
+    role: Role
 
     def __init__(
         self,
@@ -205,7 +207,13 @@ class Initiator:
         _check_key(key)
         self._key = key
         self._expected = expected_peer
-        self.mine = _own_hello(module, index, local, "primary", generation, nonce)
+        self.mine = _own_hello(module, index, local, self.role, generation, nonce)
+
+
+class Initiator(_Party):
+    """The primary's side: :meth:`hello`, then :meth:`on_reply` gives the proof and the peer."""
+
+    role: Role = "primary"
 
     def hello(self) -> Frame:
         """The first frame to send."""
@@ -223,25 +231,11 @@ class Initiator:
         return Frame(FrameType.HELLO_PROOF, 0, mine), _peer_info(theirs)
 
 
-class Responder:
+class Responder(_Party):
     """The secondary's side: :meth:`on_hello` gives the reply, :meth:`on_proof` the peer."""
 
-    def __init__(
-        self,
-        key: bytes,
-        *,
-        local: str,
-        expected_peer: str,
-        module: str,
-        index: int,
-        generation: int = 0,
-        nonce: bytes | None = None,
-    ) -> None:
-        _check_key(key)
-        self._key = key
-        self._expected = expected_peer
-        self.mine = _own_hello(module, index, local, "secondary", generation, nonce)
-        self._theirs: Hello | None = None
+    role: Role = "secondary"
+    _theirs: Hello | None = None  # the initiator's hello, once received
 
     def on_hello(self, frame: Frame) -> Frame:
         """Check the initiator's hello; return our reply (identity, nonce and proof)."""
