@@ -62,16 +62,24 @@ class FrameType(enum.IntEnum):
     SETXATTR = 22
     REMOVEXATTR = 23
     FSYNC = 24
+    # Resynchronization (primary -> secondary, in the same ordered stream as live mutations):
+    # RESYNC_BEGIN, the tree as DIRLIST frames, the data as WRITE frames, RESYNC_END.
+    RESYNC_BEGIN = 25
+    DIRLIST = 26
+    RESYNC_END = 27
     # Control.
     ACK = 40
     PING = 41
     PONG = 42
     ERROR = 43
+    # Secondary -> primary: "copy your tree to me" (header: the resync kind, UTF-8).
+    RESYNC_REQUEST = 44
 
 
 REQUEST_TYPES = frozenset(t for t in FrameType if 10 <= t < 40)
 # Acknowledged only once applied, whatever the async mode: an fsync's ack promises durability.
-ACK_AFTER_APPLY = frozenset({FrameType.FSYNC})
+# RESYNC_END's ack tells the primary the copy is complete on the secondary.
+ACK_AFTER_APPLY = frozenset({FrameType.FSYNC, FrameType.RESYNC_END})
 
 
 class ProtocolError(PeerProtocolError):
