@@ -113,8 +113,10 @@ class Sender:
         sendtimeout: float,
         on_peer_lost: Callable[[str], None],
         ping_interval: float = 1.0,
+        on_resync_request: Callable[[str], None] | None = None,
     ) -> None:
         self.peer = peer
+        self._on_resync_request = on_resync_request
         self._reader = reader
         self._writer = writer
         self._batch = _Batcher(writer)
@@ -147,6 +149,7 @@ class Sender:
         on_peer_lost: Callable[[str], None],
         ping_interval: float = 1.0,
         handshake_timeout: float = 5.0,
+        on_resync_request: Callable[[str], None] | None = None,
     ) -> Sender:
         """Connect to the peer's receiver, authenticate, and return the ready sender.
 
@@ -184,6 +187,7 @@ class Sender:
             sendtimeout=sendtimeout,
             on_peer_lost=on_peer_lost,
             ping_interval=ping_interval,
+            on_resync_request=on_resync_request,
         )
 
     @property
@@ -198,17 +202,37 @@ class Sender:
         callers' requests go out in the order they called. Raises PeerTimeout/PeerLost if the
         peer cannot acknowledge it, ValueError for a frame that cannot be encoded.
         """
+        return await self.submit(frame_type, header, payload)
+
+    def submit(
+        self, frame_type: FrameType, header: bytes, payload: bytes = b""
+    ) -> asyncio.Future[int]:
+        """Number and queue one request now (synchronously); the future is its acknowledgement.
+
+        For callers that must place a request in the stream at an exact point without awaiting
+        (the resync copier reads a block and queues it in one step). Raises PeerLost at once if
+        the peer is already lost, ValueError for a frame that cannot be encoded.
+        """
         if frame_type not in REQUEST_TYPES:
             raise ValueError(f"{frame_type.name} is not a replication request")
         if self._lost is not None:
             raise self._lost
+        data = encode_frame(Frame(frame_type, self._seq + 1, header, payload))
         self._seq += 1
-        seq = self._seq
-        data = encode_frame(Frame(frame_type, seq, header, payload))
         future: asyncio.Future[int] = self._loop.create_future()
-        self._waiting[seq] = (self._loop.time(), future)
+        self._waiting[self._seq] = (self._loop.time(), future)
         self._batch.queue(data)
-        return await future
+        return future
+
+    @property
+    def lost(self) -> bool:
+        """True once the peer was given up (every later request fails at once)."""
+        return self._lost is not None
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes written to the socket's buffer but not sent yet (flow control for bulk copies)."""
+        return self._writer.transport.get_write_buffer_size()
 
     async def close(self) -> None:
         """Close the connection; waiters get PeerLost (``on_peer_lost`` is not called)."""
@@ -267,6 +291,8 @@ class Sender:
                     return
                 elif frame.type is FrameType.PING:
                     self._batch.queue(encode_frame(Frame(FrameType.PONG)))
+                elif frame.type is FrameType.RESYNC_REQUEST and self._on_resync_request:
+                    self._on_resync_request(frame.header.decode("utf-8", "replace"))
                 elif frame.type is not FrameType.PONG:
                     raise ProtocolError(f"unexpected {frame.type.name} frame from the receiver")
         except asyncio.IncompleteReadError:
@@ -322,7 +348,9 @@ class _Connection:
         self._batch = _Batcher(writer)
         self._apply = apply
         self._async_mode = async_mode
-        self._queue: asyncio.Queue[Frame] = asyncio.Queue()
+        # None ends the queue: what was received before the connection ended is still applied
+        # (with async="second" it was acknowledged already).
+        self._queue: asyncio.Queue[Frame | None] = asyncio.Queue()
         self._received = 0  # highest seq read
         self._applied = 0  # highest seq applied
         self._barriers: collections.deque[int] = collections.deque()  # unapplied ack-after-apply
@@ -335,6 +363,10 @@ class _Connection:
         reader = asyncio.create_task(self._read_loop(), name="replication-receiver-reader")
         try:
             await asyncio.wait((applier, reader), return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() and not applier.done():
+                # The stream ended (peer gone, or stop_reading): apply what was received.
+                self._queue.put_nowait(None)
+                await applier
         finally:
             for task in (applier, reader):
                 task.cancel()
@@ -342,6 +374,17 @@ class _Connection:
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
+
+    def send_control(self, frame: Frame) -> None:
+        """Queue a control frame to the sender (e.g. RESYNC_REQUEST)."""
+        self._batch.queue(encode_frame(frame))
+
+    def stop_reading(self) -> None:
+        """Stop reading from the peer; what was received is still applied before run() ends."""
+        transport = self._writer.transport
+        if not transport.is_closing():
+            transport.pause_reading()  # no feed_data may follow feed_eof
+        self._reader.feed_eof()
 
     def abort(self) -> None:
         """Drop the connection at once (reset), e.g. when the peer reconnected."""
@@ -379,6 +422,8 @@ class _Connection:
     async def _apply_loop(self) -> None:
         while True:
             frame = await self._queue.get()
+            if frame is None:
+                return
             try:
                 await self._apply(frame)
             except Exception as exc:  # the peer is out of date: tell it, and stop
@@ -442,11 +487,37 @@ class Receiver:
         self._tasks: set[asyncio.Task[None]] = set()
         self.refusals: list[str] = []
         self.peers: list[PeerInfo] = []
+        self.on_connected: Callable[[PeerInfo], None] | None = None
+        self.on_disconnected: Callable[[PeerInfo], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True while an authenticated peer connection is being served."""
+        return self._current is not None
+
+    def request_resync(self, kind: str) -> bool:
+        """Ask the connected primary to copy its tree to us; False if no peer is connected."""
+        if self._current is None:
+            return False
+        self._current.send_control(Frame(FrameType.RESYNC_REQUEST, 0, kind.encode()))
+        return True
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: any free port); return the port."""
         self._server = await asyncio.start_server(self._accept, host, port)
         return int(self._server.sockets[0].getsockname()[1])
+
+    async def drain(self) -> None:
+        """Stop listening and reading, apply every request already received, then close.
+
+        Used when this node stops being secondary (failover, stop): with async="second" the
+        primary was told those requests arrived, so they must reach the disk."""
+        if self._server is not None:
+            self._server.close()
+        if self._current is not None:
+            self._current.stop_reading()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.close()
 
     async def close(self) -> None:
         """Stop listening and drop the current connection."""
@@ -499,8 +570,12 @@ class Receiver:
             self._current.abort()
         connection = _Connection(reader, writer, peer, self._apply, self._async_mode)
         self._current = connection
+        if self.on_connected is not None:
+            self.on_connected(peer)
         try:
             await connection.run()
         finally:
             if self._current is connection:
                 self._current = None
+                if self.on_disconnected is not None:
+                    self.on_disconnected(peer)
