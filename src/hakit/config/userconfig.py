@@ -58,6 +58,9 @@ from hakit.config.tree import Node, read_tree
 from hakit.config.values import address_problem
 from hakit.config.xmlsource import parse_xml
 
+# One TCP port per replicated directory, four ports per module (5600 + (id-1)*4 + index).
+MAX_REPLICATED_DIRS = 4
+
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]|\\")
 _WINDOWS_PROGRAM = re.compile(r"\.(exe|ps1|cmd|bat|vbs)$", re.IGNORECASE)
 _PROC_ACTIONS = ("restart", "stopstart", "stop", "noaction")
@@ -607,6 +610,16 @@ class _Builder:
                     tocheck=tuple(self._relative(t, "path") for t in rep.all("tocheck")),
                     notreplicated=tuple(self._notreplicated(n) for n in rep.all("notreplicated")),
                 )
+            )
+        if len(node.all("replicated")) > MAX_REPLICATED_DIRS:
+            fifth = node.all("replicated")[MAX_REPLICATED_DIRS]
+            self.error(
+                fifth,
+                f"at most {MAX_REPLICATED_DIRS} replicated directories per module (each uses one "
+                f"of the module's {MAX_REPLICATED_DIRS} replication ports); this is number "
+                f"{MAX_REPLICATED_DIRS + 1}",
+                hint="replicate a common parent directory, or split the application in modules",
+                code="too-many",
             )
         if not node.all("replicated"):
             self.error(

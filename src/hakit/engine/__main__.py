@@ -25,6 +25,7 @@ from hakit.daemon.incarnation import next_incarnation
 from hakit.engine import control
 from hakit.engine.mirror_engine import MirrorEngine, build_spec, present_scripts
 from hakit.engine.modlog import Level, SqliteModuleLog
+from hakit.engine.replication import Replicators
 from hakit.engine.scripts import SubprocessScriptRunner
 from hakit.errors import HakitError, UserConfigError
 from hakit.net.auth import load_key
@@ -72,6 +73,7 @@ def _load(module: str, paths: NodePaths) -> tuple[MirrorEngine, SqliteModuleLog]
         scripts=present_scripts(active / "bin"),
         state_dir=paths.module_state(module),
         incarnation=secrets.token_hex(4),
+        key_file=str(paths.cluster_key),
     )
     modlog = SqliteModuleLog.for_module(paths, module)
     incarnation = next_incarnation(paths.module_state(module) / "incarnation", time.time_ns())
@@ -97,6 +99,10 @@ def _load(module: str, paths: NodePaths) -> tuple[MirrorEngine, SqliteModuleLog]
         heartbeat=heartbeat,
         clock=time.monotonic,
     )
+    if spec.replication is not None:
+        engine.replication = Replicators(
+            spec.replication, lambda index, msg: engine.on_replication(index, msg)
+        )
     engine_box.append(engine)
     return engine, modlog
 
@@ -117,6 +123,8 @@ async def _serve(module: str, paths: NodePaths, engine: MirrorEngine) -> None:
         if stop.is_set():
             log.info("module %s: stopping on signal", module)
             await engine.stop_and_wait(stop_limit)
+            if engine.replication is not None:
+                await engine.replication.stop()
             runner.cancel()
         waiter.cancel()
 

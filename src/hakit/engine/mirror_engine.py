@@ -19,8 +19,10 @@ Nothing here decides: which script runs, when the VIP moves, whether this node m
 the core's answer. Side effects sit behind narrow ports (script runner, VIP, module log, heartbeat
 transport), each with a fake in :mod:`hakit.testing`.
 
-File replication (``<rfs>``) is the replicator's job, in a separate process; until it exists the
-engine refuses to run a module with replicated directories rather than fail over without its data.
+File replication (``<rfs>``) is the replicators' job, one process per replicated directory behind
+:class:`~hakit.engine.replication.ReplicationPort`: the executor starts and stops them as the core
+asks, turns their ``peer_out_of_date`` into the core's ``PeerOutOfDate`` (answering once the new
+generation is on disk) and their ``resync_done`` into ``ResyncDone``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from hakit.core.actions import (
     PersistGeneration,
     PreserveDivergentData,
     PublishState,
+    ReplicationRole,
     RunScript,
     ScriptTimeout,
     SetVip,
@@ -58,13 +61,14 @@ from hakit.core.events import (
     CheckerAction,
     CheckerKind,
     Event,
+    PeerOutOfDate,
     PeerStopAnnounced,
     ResyncDone,
     ScriptCall,
     ScriptExited,
     Tick,
 )
-from hakit.core.generations import DataStatus
+from hakit.core.generations import DataStatus, ResyncKind
 from hakit.core.mirror import decide
 from hakit.core.mirror_model import (
     Decision,
@@ -78,14 +82,17 @@ from hakit.core.states import PRIMARY_STATES, ModuleState, Readiness
 from hakit.daemon.files import write_atomically
 from hakit.engine import codec
 from hakit.engine.modlog import Level, ModuleLog
+from hakit.engine.replication import ReplicationPort, ReplicationSpec
 from hakit.engine.scripts import ScriptRequest, ScriptRunner
 from hakit.errors import HakitError, PeerProtocolError, UserConfigError
+from hakit.modules.ids import ports
 from hakit.net.heartbeat import Beat, HeartbeatPath, default_port
 from hakit.net.vip import Vip, VipPort
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "heart"
+RFS_COMPONENT = "rfs"
 # How often the generated IP checker looks for the VIP while the node is primary (SafeKit: 10 s).
 IP_CHECK_INTERVAL = 3.0
 # After a pause of this process, how long to let buffered heartbeats in before the next tick.
@@ -136,6 +143,7 @@ class MirrorSpec:
     tcpreset: bool
     user: User | None
     state_dir: Path
+    replication: ReplicationSpec | None = None
 
     @property
     def generation_file(self) -> Path:
@@ -164,16 +172,11 @@ def build_spec(
     scripts: frozenset[str],
     state_dir: Path,
     incarnation: str,
+    key_file: str = "",
 ) -> MirrorSpec:
     """Resolve a validated mirror configuration for node ``local`` (UserConfigError if it cannot run)."""
     if config.service.mode != "mirror":
         raise UserConfigError(f"module {module}: mode {config.service.mode} is not a mirror module")
-    if config.rfs is not None and config.rfs.replicated:
-        raise UserConfigError(
-            f"module {module}: file replication (<rfs>) is not available in this version of hakit; "
-            "the module would fail over without its data. Remove <rfs> to run the module without "
-            "replicated directories"
-        )
     nodes = cluster.node_names()
     if local not in nodes:
         raise UserConfigError(
@@ -228,6 +231,27 @@ def build_spec(
         for intf in config.vip.interfaces:
             for va in intf.addrs:
                 vips.append(ModuleVip(Vip.parse(va.addr, va.netmask, intf.name), va, intf))
+    replication = None
+    if config.rfs is not None and config.rfs.replicated:
+        peer_addrs = [p.peer_addr for p in paths]
+        if config.rfs.flow:
+            flow = cluster.lan(config.rfs.flow)
+            other = flow.node(peer) if flow else None
+            if other is None:
+                raise UserConfigError(
+                    f"module {module}: <rfs><flow name={config.rfs.flow!r}> must name a cluster "
+                    f"LAN holding {peer}"
+                )
+            peer_addrs.insert(0, other.addr)
+        replication = ReplicationSpec(
+            module=module,
+            local=local,
+            peer=peer,
+            peer_addrs=tuple(dict.fromkeys(peer_addrs)),
+            base_port=ports(module_id).replication,
+            key_file=key_file,
+            rfs=config.rfs,
+        )
     return MirrorSpec(
         module=module,
         module_id=module_id,
@@ -239,6 +263,7 @@ def build_spec(
         tcpreset=config.vip.tcpreset if config.vip is not None else False,
         user=config.user,
         state_dir=state_dir,
+        replication=replication,
     )
 
 
@@ -278,6 +303,8 @@ class MirrorEngine:
     _peer_released: tuple[int, int] | None = field(default=None, init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _announcements: int = field(default=0, init=False)
+    replication: ReplicationPort | None = None
+    _resyncing: set[int] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         data = codec.load_generation(self.spec.generation_file)
@@ -416,6 +443,10 @@ class MirrorEngine:
             )
         for action in decision.actions:
             await self._perform(action)
+        if self.replication is not None:
+            self.replication.set_paired(
+                self.state.state is ModuleState.PRIM and self.state.data.status is DataStatus.PAIRED
+            )
         if isinstance(event, AdminCommand):
             self._remember_intent(event)
         if (before.state, before.readiness) != (self.state.state, self.state.readiness):
@@ -445,12 +476,20 @@ class MirrorEngine:
                 await self._set_vip(up)
             case AnnounceStop():
                 self._spawn(self._announce_stop())
-            case StartReplication() | StopReplication():
-                pass  # no <rfs>: build_spec refuses modules with replicated directories
+            case StartReplication(role=role):
+                await self._start_replication(role)
+            case StopReplication():
+                if self.replication is not None:
+                    self._resyncing.clear()
+                    await self.replication.stop()
             case StartResync(kind=kind):
-                # No replicated directories: the copy is complete at once; the secondary now holds
-                # the primary's generation (the data the module has is the scripts' business).
-                self.submit(ResyncDone(kind, self.state.peer.generation))
+                if self.replication is None:
+                    # No replicated directories: the copy is complete at once; the secondary now
+                    # holds the primary's generation (the module's data is the scripts' business).
+                    self.submit(ResyncDone(kind, self.state.peer.generation))
+                else:
+                    self._resyncing = set(range(self.replication.count))
+                    self.replication.resync(kind.value)
             case PreserveDivergentData(reason=reason):
                 self.modlog.append(
                     COMPONENT,
@@ -459,6 +498,61 @@ class MirrorEngine:
                 )
             case _:
                 raise AssertionError(f"unknown action {action!r}")
+
+    async def _start_replication(self, role: ReplicationRole) -> None:
+        if self.replication is None:
+            return
+        s = self.state
+        paired = s.data.status is DataStatus.PAIRED
+        try:
+            await self.replication.start(
+                role.value,
+                paired=paired and role is ReplicationRole.PRIMARY,
+                in_sync=paired and s.data.current == s.peer.generation.current,
+                generation=s.data.current,
+            )
+        except HakitError as exc:
+            self.modlog.append(RFS_COMPONENT, Level.CRITICAL, str(exc))
+            self.submit(CheckerAction(CheckerKind.STOP, identity="rfs"))
+
+    def on_replication(self, index: int, msg: Mapping[str, Any]) -> None:
+        """A message from the replicator of directory ``index`` (see engine/replication.py)."""
+        ev = msg.get("ev")
+        if ev == "peer_out_of_date":
+            self._spawn(self._peer_out_of_date(str(msg.get("reason", ""))))
+        elif ev == "resync_done":
+            self._resyncing.discard(index)
+            self.modlog.append(
+                RFS_COMPONENT,
+                Level.INFO,
+                f"Directory {index} copied from {self.spec.peer}: {msg.get('files', 0)} files, "
+                f"{msg.get('bytes', 0)} bytes",
+            )
+            if not self._resyncing:
+                kind = ResyncKind(str(msg.get("kind", "full")))
+                self.submit(ResyncDone(kind, self.state.peer.generation))
+        elif ev == "log":
+            level = Level.CRITICAL if msg.get("level") in ("error", "critical") else Level.EVENT
+            self.modlog.append(RFS_COMPONENT, level, str(msg.get("text", "")))
+        elif ev == "exited":
+            self.modlog.append(
+                RFS_COMPONENT,
+                Level.CRITICAL,
+                f"Replicator of directory {index} ended unexpectedly (exit code "
+                f"{msg.get('code')}): restarting the module",
+            )
+            self.submit(CheckerAction(CheckerKind.STOPSTART, identity="rfs"))
+        elif ev in ("connected", "disconnected", "copy_sent"):
+            detail = msg.get("peer") or msg.get("reason") or f"{msg.get('files', 0)} files"
+            self.modlog.append(RFS_COMPONENT, Level.INFO, f"Replication {ev} ({detail})")
+
+    async def _peer_out_of_date(self, reason: str) -> None:
+        # The replicator holds the application's requests until the new generation is on disk.
+        try:
+            await self._decide_now(PeerOutOfDate(reason))
+        finally:
+            if self.replication is not None:
+                self.replication.generation_persisted()
 
     def _publish(self, action: PublishState) -> None:
         self._publish_files(action.state, action.readiness)
@@ -652,6 +746,7 @@ class MirrorEngine:
             "rfs.uptodate": "up" if _up_to_date(s) else "down",
             "usersetting.failover": "on" if s.failover else "off",
             "heart.stopstartloop": str(len(s.loop_times)),
+            **(self.replication.resources() if self.replication is not None else {}),
         }
         for mv in self.spec.vips:
             resources[f"ip.{mv.vip.addr}"] = "up" if self._vip_up else "down"

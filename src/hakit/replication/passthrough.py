@@ -204,6 +204,11 @@ class PassthroughFS(pyfuse3.Operations):
         # are trusted only while it is unchanged, so a write costs no readlink in steady state.
         self._epoch = 0
 
+    @property
+    def root_fd(self) -> int:
+        """The descriptor of the backing directory (opened before mounting; owned by this object)."""
+        return self._inodes[pyfuse3.ROOT_INODE].fd
+
     # ---- inode table -------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -857,3 +857,13 @@ def test_upper_case_keywords_are_read_with_a_warning() -> None:
     config, report = check(mirror(service='boot="ON" failover="Off"'))
     assert config is not None and config.service.boot == "on" and not config.service.failover
     assert warning_codes(report) == ["case", "case"]
+
+
+def test_rfs_refuses_a_fifth_replicated_directory() -> None:
+    four = "".join(f'<replicated dir="/srv/d{i}"/>' for i in range(4))
+    config, report = check(mirror(rfs=f"<rfs>{four}</rfs>"))
+    assert config is not None, report.render()
+    _, report = check(mirror(rfs=f'<rfs>{four}<replicated dir="/srv/d4"/></rfs>'))
+    assert error_codes(report) == ["too-many"]
+    assert "at most 4 replicated directories" in report.errors[0].message
+    assert report.errors[0].line is not None

@@ -1,0 +1,487 @@
+"""The primary's side of replication: every local mutation streamed to the peer, and full copies.
+
+Theory of operation (docs/design/replication.md §4, §7):
+
+* :class:`ReplicatingSink` is the :class:`~hakit.replication.sink.MutationSink` the pass-through
+  filesystem awaits before answering the application. It turns each report into a message and
+  places it in the stream *synchronously* (``Sender.submit``), so the stream order is the local
+  order, then awaits the acknowledgement. The application's call therefore returns only once the
+  peer has the change.
+* Whether a mutation must reach the peer depends on the pair: while the peer is **current** (it
+  holds everything this node wrote: the connection is up and either the module was paired when it
+  came up or a copy ended on it), a request the peer cannot acknowledge makes it out of date. The
+  sink then reports ``peer_out_of_date`` (the engine turns it into the core's ``PeerOutOfDate``,
+  which starts a new data generation) and holds every such request until the engine answers that
+  the new generation is on disk (:meth:`ReplicatingSink.generation_persisted`): no application
+  call returns a change the peer lacks before the record saying so is durable, so the peer can
+  never be promoted with stale data. While the module is paired but the connection is not up yet
+  (a swap, the first seconds), a mutation waits for the connection up to ``sendtimeout``.
+* While the peer is not current (this node is ALONE), mutations still go to a connected peer (it
+  is being resynchronized: the live stream and the copy share one ordered stream) but its loss
+  holds nothing: the peer is out of date already.
+* :class:`Copier` sends the whole tree on the peer's request: the namespace (``DIRLIST`` frames,
+  one synchronous walk, so no local mutation interleaves), then every regular file's data by
+  descriptor (a file renamed meanwhile is copied under its new name; one unlinked is skipped),
+  then directory attributes, then ``RESYNC_END``. Each block is read and queued in one step, so a
+  concurrent application write is either inside the block or after it in the stream: the replica
+  can never keep stale bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hakit.replication import messages as m
+from hakit.replication.sink import MutationSink, NewNode
+from hakit.replication.transport import PeerLost, Sender
+
+log = logging.getLogger(__name__)
+
+Exclude = Callable[[bytes], bool]
+
+COPY_BLOCK = 1024 * 1024
+COPY_WINDOW = 16  # blocks in flight during a copy (flow control)
+
+
+@dataclass
+class Counters:
+    """What the primary's replication did (shown as module resources)."""
+
+    ops: int = 0
+    bytes: int = 0
+    waits: int = 0  # requests that waited for a connection while paired
+    out_of_date: int = 0
+    copied_files: int = 0
+    copied_bytes: int = 0
+    excluded: int = 0
+    by_op: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+
+
+class ReplicatingSink(MutationSink):
+    """Sends every mutation to the peer and waits for its acknowledgement (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        exclude: Exclude,
+        sendtimeout: float,
+        locktimeout: float,
+        on_out_of_date: Callable[[str], None],
+        paired: bool = False,
+    ) -> None:
+        self._exclude = exclude
+        self._sendtimeout = sendtimeout
+        self._locktimeout = locktimeout
+        self._on_out_of_date = on_out_of_date
+        self.paired = paired
+        self.sender: Sender | None = None
+        self.current = False  # the peer holds everything written here (see the docstring)
+        self._connected = asyncio.Event()
+        self._held: asyncio.Event | None = None  # set once the new generation is persisted
+        self.counters = Counters()
+
+    # ---- the pair, as the replicator sees it ---------------------------------------------------
+
+    def attach(self, sender: Sender) -> None:
+        """A connection to the peer is up. If the module is paired, the peer is current now (the
+        pair's generation is the same on both sides and nothing was written since: writes wait
+        for the connection while paired)."""
+        self.sender = sender
+        self.current = self.paired
+        self._connected.set()
+
+    def detach(self, reason: str) -> None:
+        """The connection is gone. A current peer misses what comes next: out of date."""
+        self.sender = None
+        self._connected.clear()
+        if self.current:
+            self.current = False
+            self._peer_out_of_date(reason)
+
+    def set_paired(self, paired: bool) -> None:
+        """The engine's view of the pair changed (PRIM: paired; ALONE: not)."""
+        self.paired = paired
+        if not paired:
+            self.current = False
+        elif self.sender is not None and not self.sender.lost:
+            # Paired with a live connection: the engine paired us because the peer ended a copy
+            # on this connection (or had our generation when it came up).
+            self.current = True
+
+    def copy_ended(self) -> None:
+        """A full copy ended on the current connection: the peer holds everything."""
+        if self.sender is not None and not self.sender.lost:
+            self.current = True
+
+    def generation_persisted(self) -> None:
+        """The engine stored the new generation: release the held requests."""
+        if self._held is not None:
+            self._held.set()
+            self._held = None
+
+    def _peer_out_of_date(self, reason: str) -> None:
+        self.counters.out_of_date += 1
+        if self._held is None:
+            self._held = asyncio.Event()
+        log.warning(
+            "replication: peer out of date (%s): holding requests until the new "
+            "generation is persisted",
+            reason,
+        )
+        self._on_out_of_date(reason)
+
+    async def _hold(self) -> None:
+        held = self._held
+        if held is None:
+            return
+        try:
+            async with asyncio.timeout(self._locktimeout):
+                await held.wait()
+        except TimeoutError:
+            log.error(
+                "replication: the engine did not confirm the new data generation within "
+                "locktimeout %gs: releasing the application's requests anyway",
+                self._locktimeout,
+            )
+            self.generation_persisted()
+
+    # ---- sending ---------------------------------------------------------------------------------
+
+    async def _send(self, msg: m.Message, *paths: bytes | None) -> None:
+        if any(p is None for p in paths):
+            return  # an unlinked open file: nothing on the peer can be reached through it
+        if any(self._exclude(p) for p in paths if p is not None):
+            self.counters.excluded += 1
+            return
+        if self._held is not None:
+            # A loss is being recorded: nothing may pass before the record is durable.
+            await self._hold()
+        sender = self.sender
+        if sender is None and self.paired:
+            sender = await self._wait_connection()
+        if sender is None:
+            return  # ALONE: the peer is out of date already (issue 5 journals the change)
+        frame_type, header, payload = m.encode(msg)
+        try:
+            ack = sender.submit(frame_type, header, payload)
+        except PeerLost:
+            ack = None
+        self.counters.ops += 1
+        self.counters.bytes += len(header) + len(payload)
+        self.counters.by_op[frame_type.name] += 1
+        if ack is not None:
+            try:
+                await ack
+                return
+            except PeerLost:
+                pass
+        # The peer could not acknowledge: if it was current, detach() (called by the sender's
+        # on_peer_lost) reported it; wait for the record before answering.
+        await asyncio.sleep(0)
+        await self._hold()
+
+    async def _wait_connection(self) -> Sender | None:
+        self.counters.waits += 1
+        try:
+            async with asyncio.timeout(self._sendtimeout):
+                await self._connected.wait()
+        except TimeoutError:
+            if self.paired and self.sender is None:
+                self.current = False
+                self._peer_out_of_date(
+                    f"no replication connection to the peer within sendtimeout "
+                    f"{self._sendtimeout:g}s"
+                )
+                self.paired = False
+                await self._hold()
+            return self.sender
+        return self.sender
+
+    async def create(self, node: NewNode) -> None:
+        """Send CREATE."""
+        await self._send(m.Create(node), node.path)
+
+    async def mknod(self, node: NewNode) -> None:
+        """Send MKNOD."""
+        await self._send(m.Mknod(node), node.path)
+
+    async def mkdir(self, node: NewNode) -> None:
+        """Send MKDIR."""
+        await self._send(m.Mkdir(node), node.path)
+
+    async def symlink(self, node: NewNode, target: bytes) -> None:
+        """Send SYMLINK."""
+        await self._send(m.Symlink(node, target), node.path)
+
+    async def link(self, existing: bytes, new: bytes, parent_mtime_ns: int) -> None:
+        """Send LINK."""
+        await self._send(m.Link(existing, new, parent_mtime_ns), existing, new)
+
+    async def unlink(self, path: bytes, parent_mtime_ns: int) -> None:
+        """Send UNLINK."""
+        await self._send(m.Unlink(path, parent_mtime_ns), path)
+
+    async def rmdir(self, path: bytes, parent_mtime_ns: int) -> None:
+        """Send RMDIR."""
+        await self._send(m.Rmdir(path, parent_mtime_ns), path)
+
+    async def rename(
+        self, old: bytes, new: bytes, flags: int, old_parent_mtime_ns: int, new_parent_mtime_ns: int
+    ) -> None:
+        """Send RENAME (a rename across the notreplicated boundary is logged, see below)."""
+        old_out, new_out = self._exclude(old), self._exclude(new)
+        if old_out != new_out:
+            # SafeKit does not replicate such renames either; the peer keeps (or lacks) the
+            # entry until the next full resynchronization. Said loudly, never silently.
+            log.warning(
+                "replication: rename %r -> %r crosses the notreplicated boundary: not replicated",
+                old,
+                new,
+            )
+            if not new_out:
+                self.counters.excluded += 1
+            return
+        await self._send(
+            m.Rename(old, new, flags, old_parent_mtime_ns, new_parent_mtime_ns), old, new
+        )
+
+    async def write(
+        self, ino: int, path: bytes | None, offset: int, data: bytes, mtime_ns: int
+    ) -> None:
+        """Send WRITE."""
+        await self._send(m.Write(path or b"", offset, mtime_ns, data), path)
+
+    async def truncate(self, ino: int, path: bytes | None, size: int, mtime_ns: int) -> None:
+        """Send TRUNCATE."""
+        await self._send(m.Truncate(path or b"", size, mtime_ns), path)
+
+    async def chmod(self, path: bytes | None, mode: int) -> None:
+        """Send SETATTR (mode)."""
+        await self._send(m.SetAttr(path or b"", mode=mode), path)
+
+    async def chown(self, path: bytes | None, uid: int, gid: int) -> None:
+        """Send SETATTR (owner)."""
+        await self._send(m.SetAttr(path or b"", uid=uid, gid=gid), path)
+
+    async def utimens(self, path: bytes | None, atime_ns: int, mtime_ns: int) -> None:
+        """Send SETATTR (times)."""
+        await self._send(m.SetAttr(path or b"", atime_ns=atime_ns, mtime_ns=mtime_ns), path)
+
+    async def setxattr(self, path: bytes | None, name: bytes, value: bytes) -> None:
+        """Send SETXATTR."""
+        await self._send(m.SetXattr(path or b"", name, value), path)
+
+    async def removexattr(self, path: bytes | None, name: bytes) -> None:
+        """Send REMOVEXATTR."""
+        await self._send(m.RemoveXattr(path or b"", name), path)
+
+    async def fsync(self, ino: int, path: bytes | None, datasync: bool) -> None:
+        """Send FSYNC (acknowledged after the peer's own flush)."""
+        await self._send(m.Fsync(path or b"", datasync), path)
+
+
+# ---- full copy -----------------------------------------------------------------------------------
+
+
+def _proc(fd: int) -> bytes:
+    return f"/proc/self/fd/{fd}".encode()
+
+
+class Copier:
+    """Copies the whole tree under ``root_fd`` to the peer through ``sender`` (module docstring)."""
+
+    def __init__(self, root_fd: int, sender: Sender, exclude: Exclude, counters: Counters) -> None:
+        self._root = root_fd
+        self._sender = sender
+        self._exclude = exclude
+        self._counters = counters
+        self._prefix = os.readlink(_proc(root_fd))
+        self._inflight: collections.deque[asyncio.Future[int]] = collections.deque()
+
+    def _submit(self, msg: m.Message) -> None:
+        frame_type, header, payload = m.encode(msg)
+        self._inflight.append(self._sender.submit(frame_type, header, payload))
+
+    async def _window(self) -> None:
+        """Flow control: at most COPY_WINDOW blocks unacknowledged; lets FUSE requests run."""
+        while len(self._inflight) > COPY_WINDOW:
+            await self._inflight.popleft()
+        await asyncio.sleep(0)
+
+    def _path_of(self, fd: int) -> bytes | None:
+        """The current path of the file open as ``fd`` relative to the root, None if unlinked."""
+        full = os.readlink(_proc(fd))
+        if not full.startswith(self._prefix + b"/"):
+            return None
+        path = full[len(self._prefix) + 1 :]
+        if path.endswith(b" (deleted)"):
+            try:
+                st = os.stat(path[: -len(b" (deleted)")], dir_fd=self._root, follow_symlinks=False)
+            except OSError:
+                return None
+            if (st.st_dev, st.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+                return None
+            path = path[: -len(b" (deleted)")]
+        return path
+
+    async def run(self, kind: str, generation: str) -> tuple[int, int]:
+        """Send the tree; return (files, bytes) copied. Raises PeerLost if the peer goes away."""
+        started = time.monotonic()
+        self._submit(m.ResyncBegin(kind, generation))
+        files = self._send_namespace()  # one synchronous step: no mutation interleaves
+        copied = 0
+        try:
+            for fd in files:
+                copied += await self._copy_file(fd)
+                self._counters.copied_files += 1
+        finally:
+            for fd in files:
+                os.close(fd)
+        self._send_directory_attributes()
+        self._submit(m.ResyncEnd(kind, len(files), copied))
+        while self._inflight:
+            await self._inflight.popleft()
+        log.info(
+            "replication: full copy sent: %d files, %d bytes in %.1f s",
+            len(files),
+            copied,
+            time.monotonic() - started,
+        )
+        return len(files), copied
+
+    def _send_namespace(self) -> list[int]:
+        """DIRLIST frames for every directory; an O_PATH descriptor per regular file's inode."""
+        files: list[int] = []
+        seen: dict[tuple[int, int], bytes] = {}
+        pending: list[tuple[bytes, int]] = [(b"", os.dup(self._root))]
+        while pending:
+            rel, dfd = pending.pop()
+            try:
+                dst = os.fstat(dfd)
+                entries: list[m.DirEntry] = []
+                with os.scandir(dfd) as it:
+                    names = sorted(os.fsencode(e.name) for e in it)
+                for name in names:
+                    path = name if rel == b"" else rel + b"/" + name
+                    if self._exclude(path):
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    target = b""
+                    link_to: bytes | None = None
+                    if stat.S_ISLNK(st.st_mode):
+                        target = os.readlink(name, dir_fd=dfd)
+                    elif stat.S_ISDIR(st.st_mode):
+                        pending.append(
+                            (
+                                path,
+                                os.open(
+                                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd
+                                ),
+                            )
+                        )
+                    elif stat.S_ISREG(st.st_mode):
+                        key = (st.st_dev, st.st_ino)
+                        if st.st_nlink > 1 and key in seen:
+                            link_to = seen[key]
+                        else:
+                            seen[key] = path
+                            files.append(os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dfd))
+                    entries.append(
+                        m.DirEntry(
+                            name=name,
+                            mode=st.st_mode,
+                            uid=st.st_uid,
+                            gid=st.st_gid,
+                            rdev=st.st_rdev,
+                            size=st.st_size,
+                            atime_ns=st.st_atime_ns,
+                            mtime_ns=st.st_mtime_ns,
+                            target=target,
+                            link_to=link_to,
+                        )
+                    )
+                for listing in m.dirlisting_frames(
+                    rel, dst.st_mode, dst.st_uid, dst.st_gid, tuple(entries)
+                ):
+                    self._submit(listing)
+            finally:
+                os.close(dfd)
+        return files
+
+    async def _copy_file(self, opath_fd: int) -> int:
+        """Send one file's data ranges (holes skipped), then its size and times."""
+        try:
+            fd = os.open(_proc(opath_fd), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ELOOP):
+                return 0
+            raise
+        sent = 0
+        try:
+            offset = 0
+            while True:
+                # Read and queue in one step (module docstring), path taken now: a rename
+                # since the last block was sent before this block.
+                path = self._path_of(fd)
+                if path is None or self._exclude(path):
+                    return sent
+                try:
+                    start = os.lseek(fd, offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno != errno.ENXIO:
+                        raise
+                    start = -1  # no data after offset
+                if start < 0:
+                    st = os.fstat(fd)
+                    self._submit(m.Truncate(path, st.st_size, st.st_mtime_ns))
+                    self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
+                    return sent
+                data = os.pread(fd, COPY_BLOCK, start)
+                if not data:
+                    offset = start + 1 if start > offset else start
+                    st = os.fstat(fd)
+                    self._submit(m.Truncate(path, st.st_size, st.st_mtime_ns))
+                    self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
+                    return sent
+                st = os.fstat(fd)
+                self._submit(m.Write(path, start, st.st_mtime_ns, data))
+                sent += len(data)
+                self._counters.copied_bytes += len(data)
+                offset = start + len(data)
+                await self._window()
+        finally:
+            os.close(fd)
+
+    def _send_directory_attributes(self) -> None:
+        """Every directory's mode, owner and times, children first (one synchronous walk: the
+        times are those of this moment, and later changes follow in the stream)."""
+        for dirpath, dirnames, _files, dfd in os.fwalk(
+            _proc(self._root), topdown=False, follow_symlinks=False
+        ):
+            rel = os.path.relpath(dirpath, _proc(self._root))
+            path = b"" if rel == b"." else rel
+            if path and self._exclude(path):
+                continue
+            st = os.fstat(dfd)
+            self._submit(
+                m.SetAttr(
+                    path,
+                    mode=stat.S_IMODE(st.st_mode),
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    atime_ns=st.st_atime_ns,
+                    mtime_ns=st.st_mtime_ns,
+                )
+            )
+            del dirnames
