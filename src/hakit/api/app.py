@@ -30,6 +30,7 @@ Module routes (only when the app is given a modules service, as hakitd does)::
     GET  /api/v1/modules/{m}/log               ?after_id=&limit=&levels=
     GET  /api/v1/modules/{m}/userlogs          script logs (.ulog)
     GET  /var/modules/{m}/ready.txt            health check: 200 "OK" or 404 "NOT FOUND"
+    GET  /api/v1/modules/{m}/rfs[/manifest]    replicated directories (:mod:`hakit.api.rfs_routes`)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hakit import __version__
+from hakit.api.rfs_routes import rfs_router
 from hakit.daemon.modules_service import CommandRefused, EngineDown, parse_levels
 from hakit.errors import (
     HakitError,
@@ -53,6 +55,7 @@ from hakit.errors import (
     PeerProtocolError,
     UserConfigError,
 )
+from hakit.paths import NodePaths
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ class NodeServiceLike(Protocol):
 
 class ModulesServiceLike(Protocol):
     """What the module routes need (:class:`hakit.daemon.modules_service.ModulesService`)."""
+
+    paths: NodePaths  # the node's files (the rfs routes read the module's active configuration)
 
     async def list(self) -> dict[str, Any]: ...
 
@@ -175,6 +180,7 @@ def create_app(node_service: NodeServiceLike, modules: ModulesServiceLike | None
 
     if modules is not None:
         _module_routes(app, modules)
+        app.include_router(rfs_router(modules.paths), prefix=API)
     return app
 
 
