@@ -60,6 +60,7 @@ USERCONFIG = """<!DOCTYPE safe>
       </interface_list>
     </vip>
     <user nicestoptimeout="10s" forcestoptimeout="10s"/>
+    {rfs}
   </service>
 </safe>
 """
@@ -73,10 +74,12 @@ def build_module(
     timeout: str = "2s",
     failover: str = "on",
     defaultprim: str = "alone",
+    rfs: str = "",
 ) -> Path:
-    """Write the module as a ``.safe`` archive at ``out`` and return it."""
+    """Write the module as a ``.safe`` archive at ``out`` and return it (``rfs``: an ``<rfs>``
+    element to include, e.g. ``<rfs><replicated dir="/srv/data"/></rfs>``)."""
     conf = USERCONFIG.format(
-        vip=vip, pulse=pulse, timeout=timeout, failover=failover, defaultprim=defaultprim
+        vip=vip, pulse=pulse, timeout=timeout, failover=failover, defaultprim=defaultprim, rfs=rfs
     )
     with zipfile.ZipFile(out, "w") as z:
         z.writestr("conf/userconfig.xml", conf)

@@ -422,7 +422,8 @@ class Copier:
     async def _copy_file(self, opath_fd: int) -> int:
         """Send one file's data ranges (holes skipped), then its size and times."""
         try:
-            fd = os.open(_proc(opath_fd), os.O_RDONLY | os.O_NOFOLLOW)
+            # Reopening through /proc: the O_PATH descriptor is a regular file (not a symlink).
+            fd = os.open(_proc(opath_fd), os.O_RDONLY | os.O_NOATIME)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ELOOP):
                 return 0
@@ -466,17 +467,29 @@ class Copier:
     def _send_directory_attributes(self) -> None:
         """Every directory's mode, owner and times, children first (one synchronous walk: the
         times are those of this moment, and later changes follow in the stream)."""
-        for dirpath, dirnames, _files, dfd in os.fwalk(
-            _proc(self._root), topdown=False, follow_symlinks=False
-        ):
-            rel = os.path.relpath(dirpath, _proc(self._root))
-            path = b"" if rel == b"." else rel
-            if path and self._exclude(path):
-                continue
+        self._directory_attributes(b"", os.dup(self._root))
+
+    def _directory_attributes(self, rel: bytes, dfd: int) -> None:
+        try:
+            with os.scandir(dfd) as it:
+                subdirs = sorted(
+                    os.fsencode(e.name) for e in it if e.is_dir(follow_symlinks=False)
+                )
+            for name in subdirs:
+                path = name if rel == b"" else rel + b"/" + name
+                if self._exclude(path):
+                    continue
+                try:
+                    child = os.open(
+                        name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd
+                    )
+                except OSError:
+                    continue  # removed meanwhile: its RMDIR is in the stream
+                self._directory_attributes(path, child)
             st = os.fstat(dfd)
             self._submit(
                 m.SetAttr(
-                    path,
+                    rel,
                     mode=stat.S_IMODE(st.st_mode),
                     uid=st.st_uid,
                     gid=st.st_gid,
@@ -484,4 +497,5 @@ class Copier:
                     mtime_ns=st.st_mtime_ns,
                 )
             )
-            del dirnames
+        finally:
+            os.close(dfd)
