@@ -21,12 +21,12 @@ namespace change (a path could now name another file) and on :meth:`Applier.clos
 Resynchronization: ``RESYNC_BEGIN`` marks the tree as not in sync; each directory's listing
 (possibly split into several ``DIRLIST`` frames) then makes that directory hold exactly the listed
 names with the listed types, owners, modes, sizes and times (the data comes afterwards as
-``WRITE`` frames, extended attributes as ``SETXATTR``, directory times as ``SETATTR``; the user.*
-and trusted.* attributes of the nodes kept are removed first, so none is stale). While not in
-sync, errors that only mean "this part of the tree is not what the primary had" (ENOENT, EEXIST,
-ENOTEMPTY, ENOTDIR, EISDIR, ELOOP) are tolerated and counted: the resync rewrites that part
-anyway. ``RESYNC_END`` marks the tree in sync again. Any other failure raises ``OSError``; the
-receiver then reports ``ERROR`` and the primary marks this node out of date.
+``WRITE`` frames, extended attributes as ``SETXATTR``, directory times as ``SETATTR``; a listing
+carries no attributes, so those of a node kept from before stay until the primary sends its own).
+While not in sync, errors that only mean "this part of the tree is not what the primary had"
+(ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, ELOOP) are tolerated and counted: the resync rewrites
+that part anyway. ``RESYNC_END`` marks the tree in sync again. Any other failure raises
+``OSError``; the receiver then reports ``ERROR`` and the primary marks this node out of date.
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO where a file is expected fails (ENXIO) instead of blocking the receiver.
 _O_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _USER_XATTR = b"user."
-_STRIPPED_XATTRS = ("user.", "trusted.")
 
 
 def _parent(path: bytes) -> bytes:
@@ -103,7 +102,7 @@ class Applier:
 
     ``in_sync``: False between ``RESYNC_BEGIN`` and ``RESYNC_END`` (settable: a node that starts
     out of date). ``tolerated`` counts the errors ignored because of it. ``counters`` holds the
-    number of messages applied per frame type name (``"WRITE"``...) and ``"bytes_written"``."""
+    number of messages applied per frame type name (``"WRITE"``...) and ``"bytes"`` (data written)."""
 
     def __init__(self, root_fd: int, *, in_sync: bool = True) -> None:
         self._root = root_fd
@@ -184,7 +183,7 @@ class Applier:
             fd = self._writer(msg.path)
             _pwrite_all(fd, msg.data, msg.offset)
             _utimens_empty(fd, None, msg.mtime_ns)
-            self.counters["bytes_written"] += len(msg.data)
+            self.counters["bytes"] += len(msg.data)
         elif isinstance(msg, Truncate):
             fd = self._writer(msg.path)
             os.ftruncate(fd, msg.size)
@@ -378,7 +377,6 @@ class Applier:
                 )
                 os.close(dfd)
                 dfd = child
-            _strip_xattrs(dfd)
             os.fchown(dfd, listing.uid, listing.gid)
             os.fchmod(dfd, stat.S_IMODE(listing.mode))
         except BaseException:
@@ -404,7 +402,6 @@ class Applier:
         if stat.S_ISREG(kind):
             self._reconcile_file(dfd, entry, create=st is None)
             return
-        reused = st is not None
         if st is None:
             if stat.S_ISDIR(kind):
                 os.mkdir(name, 0o700, dir_fd=dfd)
@@ -414,8 +411,6 @@ class Applier:
                 os.mknod(name, entry.mode, entry.rdev, dir_fd=dfd)
         fd = os.open(name, _O_PATH, dir_fd=dfd)
         try:
-            if reused:
-                _strip_xattrs(_proc(fd))
             if stat.S_ISDIR(kind):  # its times come later (SETATTR), after its own content
                 _set_attrs(fd, entry.mode, entry.uid, entry.gid, None, None)
             else:
@@ -442,8 +437,6 @@ class Applier:
         flags = _O_WRITE | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(entry.name, flags, 0o600, dir_fd=dfd)
         try:
-            if not create:
-                _strip_xattrs(fd)
             if os.fstat(fd).st_size != entry.size:
                 os.ftruncate(fd, entry.size)
             os.fchown(fd, entry.uid, entry.gid)
@@ -473,17 +466,6 @@ def _set_attrs(
         os.chmod(_proc(fd), stat.S_IMODE(mode))
     if atime_ns is not None or mtime_ns is not None:
         _utimens_empty(fd, atime_ns, mtime_ns)
-
-
-def _strip_xattrs(target: int | str) -> None:
-    """Remove the user.* and trusted.* attributes of a node kept by a resync.
-
-    The primary sends every attribute of its nodes after their listing, so what is left here
-    would be stale. security.* (SELinux labels: this node's policy) and system.* (ACLs, which
-    follow the mode) are left alone."""
-    for attr in os.listxattr(target):
-        if attr.startswith(_STRIPPED_XATTRS):
-            os.removexattr(target, attr)
 
 
 def _remove(dfd: int, name: bytes) -> None:
