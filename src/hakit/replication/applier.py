@@ -93,10 +93,6 @@ def _parent(path: bytes) -> bytes:
     return path.rpartition(b"/")[0]
 
 
-def _name(path: bytes) -> bytes:
-    return path.rpartition(b"/")[2]
-
-
 class Applier:
     """Applies messages to the tree under ``root_fd`` (owned by the caller, never closed here).
 
@@ -130,7 +126,12 @@ class Applier:
             result = self._dispatch(msg)
         except OSError as exc:
             if self.in_sync or exc.errno not in TOLERATED_ERRNOS:
-                raise
+                if exc.filename is not None:
+                    raise
+                # The ctypes calls (renameat2, fchownat, utimensat, fallocate) name no file.
+                raise OSError(
+                    exc.errno, f"{exc.strerror} ({frame_type_of(msg).name} {_where(msg)})"
+                ) from exc
             self.tolerated += 1
             log.debug("replication resync: tolerated while out of sync: %r: %s", msg, exc)
             return None
@@ -455,6 +456,19 @@ class Applier:
         if st is not None:
             _remove(dfd, name)
         os.link(link_to, name, src_dir_fd=self._root, dst_dir_fd=dfd, follow_symlinks=False)
+
+
+def _where(msg: Message) -> str:
+    """The path(s) a message is about, for error messages."""
+    if isinstance(msg, Create | Mknod | Mkdir | Symlink):
+        return repr(msg.node.path)
+    if isinstance(msg, Link):
+        return f"{msg.existing!r} -> {msg.new!r}"
+    if isinstance(msg, Rename):
+        return f"{msg.old!r} -> {msg.new!r}"
+    if isinstance(msg, ResyncBegin | ResyncEnd):
+        return msg.kind
+    return repr(msg.path)
 
 
 def _set_attrs(

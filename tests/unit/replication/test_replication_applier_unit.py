@@ -196,7 +196,7 @@ def test_rename_plain_noreplace_and_exchange(applier: Applier, root: Path) -> No
     apply(applier, Rename(b"a/x", b"b/x", 0, T0, T1))
     assert (root / "b" / "x").read_bytes() == b"x" and not (root / "a" / "x").exists()
     assert (os.lstat(root / "a").st_mtime_ns, os.lstat(root / "b").st_mtime_ns) == (T0, T1)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"File exists \(RENAME b'z' -> b'b/y'\)"):
         apply(applier, Rename(b"z", b"b/y", RENAME_NOREPLACE, T2, T2))
     assert (root / "b" / "y").read_bytes() == b"y" and (root / "z").read_bytes() == b"z"
     apply(applier, Rename(b"z", b"b/y", RENAME_EXCHANGE, T2, T0))
