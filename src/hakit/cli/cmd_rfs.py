@@ -138,8 +138,8 @@ def peer_of(cluster: ClusterConfig, local: str) -> tuple[str, str]:
     nodes = cluster.node_names()
     if local not in nodes:
         raise UserConfigError(
-            f"this node ({local}) is not in cluster.xml (nodes: {', '.join(nodes)}); set "
-            "HAKIT_NODE or fix cluster.xml"
+            f"this node ({local}) is not in cluster.xml (nodes: {', '.join(nodes)}): fix "
+            "cluster.xml, or the node name hakitd runs with (host name, or HAKIT_NODE)"
         )
     if len(nodes) != 2:
         raise UserConfigError(
