@@ -10,14 +10,17 @@ under ``/var/tmp`` of the real machine):
 
 * ``raw``: ``/srv/raw``, a plain directory;
 * ``replicated``: ``/srv/data`` seen through the replicated mount (``fuse.hakit-rfs``, checked in
-  node1's mount table before measuring), every mutation acknowledged by node2 before it returns.
+  node1's mount table before measuring), every mutation acknowledged by node2 before it returns;
+* ``alone`` (with ``--alone``, after the rounds above): the module is stopped on node2, node1 goes
+  ALONE and keeps the mount with no peer to wait for: what the interception alone costs. Its rounds
+  alternate with raw again.
 
 Workload (``python -m hakit.testing.workloads bench-io DIR`` run on node1, which prints JSON):
 1 MiB sequential writes then one fsync (MiB/s); 4 KiB writes at random aligned offsets of a 64 MiB
 file, one thread (IOPS); 4 KiB write + fsync latency (p50/p99 µs); metadata: create, rename and
 unlink of 1000 files (ops/s). The two cases alternate for ``--rounds`` rounds (raw first in each)
-so that drift in the machine's load hits both alike; each metric is the median over the rounds and
-the ratio is replicated / raw within this run.
+so that drift in the machine's load hits both alike; each metric is the median over the rounds
+(raw: over all its rounds) and the ratios are case / raw within this run.
 
 After the measurements, a consistency check: ``fsx`` on ``/srv/data/verify`` through the mount on
 node1, then the tree digests (:mod:`hakit.testing.workloads`) of ``/srv/data`` on node1 and node2
@@ -209,6 +212,35 @@ def start_module(lab: Lab, work: Path, rfs_async: str | None) -> None:
         )
 
 
+def measure_rounds(
+    lab: Lab, cases: list[str], params: dict[str, int], count: int, seed: int
+) -> list[dict[str, dict[str, float]]]:
+    """``count`` rounds of bench-io in each case's directory on node1, cases alternating."""
+    rows = []
+    for i in range(count):
+        row: dict[str, dict[str, float]] = {}
+        for case in cases:
+            directory = RAW_DIR if case == "raw" else DATA_DIR
+            row[case] = bench_io(lab, f"{directory}/bench", params, seed + i)
+            shown = {k: round(v) for k, v in row[case].items()}
+            print(f"round {i + 1} {case}: {shown}", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def make_alone(lab: Lab, limit: float = 120.0) -> None:
+    """Stop the module on node2: node1 goes ALONE and keeps its mount, with no peer to wait for."""
+    hakit(lab, "node2", "stop", "-m", MODULE)
+    deadline = time.monotonic() + limit
+    while module_state(lab, "node1") != ("ALONE", "Ready"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"node1 not ALONE Ready {limit} s after node2 stopped")
+        time.sleep(0.5)
+    fstype = mount_type(lab, "node1", DATA_DIR)
+    if fstype != FSTYPE:
+        raise RuntimeError(f"node1 is ALONE but {DATA_DIR} is not a {FSTYPE} mount ({fstype})")
+
+
 def consistency(lab: Lab, seed: int, ops: int) -> dict[str, Any]:
     """fsx through the mount on node1, then node1's and node2's trees compared.
 
@@ -256,13 +288,14 @@ def medians(rounds: list[dict[str, dict[str, float]]], case: str) -> dict[str, f
 
 
 def table(results: dict[str, dict[str, float]]) -> str:
-    raw, repl = results.get("raw"), results.get("replicated")
-    lines = ["| metric | raw | replicated | replicated / raw |", "|---|---|---|---|"]
+    others = [c for c in results if c != "raw"]
+    raw = results["raw"]
+    head = ["metric", "raw", *[f"{c} (× raw)" for c in others]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, (label, _higher) in METRICS.items():
-        a = f"{raw[m]:,.0f}" if raw else ""
-        b = f"{repl[m]:,.0f}" if repl else ""
-        ratio = f"{repl[m] / raw[m]:.2f}×" if raw and repl and raw[m] else ""
-        lines.append(f"| {label} | {a} | {b} | {ratio} |")
+        cells = [label, f"{raw[m]:,.0f}"]
+        cells += [f"{results[c][m]:,.0f} ({results[c][m] / raw[m]:.2f}×)" for c in others]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -276,6 +309,11 @@ def main() -> int:
     parser.add_argument(
         "--rfs-async", choices=("second", "none"), help="<rfs async=...> (default: SafeKit's)"
     )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="then stop node2 and measure node1 ALONE (the mount without a peer) against raw",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--verify-ops", type=int, default=3000, help="fsx ops of the final check")
     args = parser.parse_args()
@@ -283,6 +321,8 @@ def main() -> int:
         print("run as root (the lab creates namespaces)", file=sys.stderr)
         return 2
     params = QUICK if args.quick else FULL
+    if args.raw_only and args.alone:
+        parser.error("--alone needs the replicated module: drop --raw-only")
     cases = ["raw"] if args.raw_only else ["raw", "replicated"]
     rounds: list[dict[str, dict[str, float]]] = []
     info: dict[str, Any] = {
@@ -309,28 +349,25 @@ def main() -> int:
             # From the real host, node1's /srv/data is the backing directory (the FUSE mount
             # lives in node1's mount namespace): both cases must sit on one file system.
             info["same_filesystem"] = (srv / "raw").stat().st_dev == (srv / "data").stat().st_dev
-        for i in range(args.rounds):
-            row: dict[str, dict[str, float]] = {}
-            for case in cases:
-                directory = RAW_DIR if case == "raw" else DATA_DIR
-                row[case] = bench_io(lab, f"{directory}/bench", params, args.seed + i)
-                shown = {k: round(v) for k, v in row[case].items()}
-                print(f"round {i + 1} {case}: {shown}", file=sys.stderr, flush=True)
-            rounds.append(row)
+        rounds += measure_rounds(lab, cases, params, args.rounds, args.seed)
         if not args.raw_only:
             info["consistency"] = consistency(lab, args.seed, args.verify_ops)
             info["final_states"] = {n: module_state(lab, n) for n in ("node1", "node2")}
+        if args.alone:
+            make_alone(lab)
+            rounds += measure_rounds(lab, ["raw", "alone"], params, args.rounds, args.seed)
+            cases.append("alone")
     results = {case: medians(rounds, case) for case in cases}
-    ratios = (
-        {m: results["replicated"][m] / results["raw"][m] for m in METRICS if results["raw"][m]}
-        if "replicated" in results
-        else {}
-    )
+    ratios = {
+        case: {m: results[case][m] / results["raw"][m] for m in METRICS if results["raw"][m]}
+        for case in cases
+        if case != "raw"
+    }
     info.update(
         loadavg_after=os.getloadavg(),
         rounds=rounds,
         results=results,
-        ratios_replicated_vs_raw=ratios,
+        ratios_vs_raw=ratios,
     )
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(exist_ok=True)
