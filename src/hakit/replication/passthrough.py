@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
+import dataclasses
 import errno
 import functools
 import logging
@@ -154,6 +156,9 @@ class _Inode:
     nlookup: int
     path: bytes | None = None  # cached relative path, valid while path_epoch == the fs epoch
     path_epoch: int = -1
+    # Names the kernel learned for this inode, as (parent inode, name): when the name its
+    # descriptor was opened by is removed, another hard link still names it (checked on use).
+    names: set[tuple[int, bytes]] = dataclasses.field(default_factory=set)
 
 
 @dataclass
@@ -248,7 +253,9 @@ class PassthroughFS(pyfuse3.Operations):
         a.st_ctime_ns = st.st_ctime_ns
         return a
 
-    def _register(self, parent_fd: int, name: bytes, count: int = 1) -> pyfuse3.EntryAttributes:
+    def _register(
+        self, parent_fd: int, name: bytes, count: int = 1, parent_ino: int | None = None
+    ) -> pyfuse3.EntryAttributes:
         """Find or add the inode of ``name`` in ``parent_fd``; its lookup count grows by ``count``."""
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent_fd)
         try:
@@ -263,8 +270,12 @@ class PassthroughFS(pyfuse3.Operations):
             self._next_ino += 1
             self._inodes[ino] = _Inode(fd, key, count)
             self._by_key[key] = ino
+            if parent_ino is not None and st.st_nlink > 1:
+                self._inodes[ino].names.add((parent_ino, name))
         else:
             rec = self._inodes[ino]
+            if parent_ino is not None and st.st_nlink > 1:
+                rec.names.add((parent_ino, name))
             rec.nlookup += count
             if st.st_nlink > 1 and self._path(rec) is None:
                 # The name this inode was known by was removed but another hard link remains:
@@ -305,10 +316,85 @@ class PassthroughFS(pyfuse3.Operations):
                 except OSError:
                     st = None
                 path = real if st is not None and (st.st_dev, st.st_ino) == rec.key else None
+                if path is None and os.fstat(rec.fd).st_nlink > 0:
+                    # The name its descriptor was opened by is gone, but another hard link
+                    # remains: follow that one (skipping the report would lose the change).
+                    path = self._rename_descriptor(rec)
         else:
             path = None
         rec.path, rec.path_epoch = path, self._epoch
         return path
+
+    def _rename_descriptor(self, rec: _Inode) -> bytes | None:
+        """Reopen ``rec``'s descriptor by another current name of its inode; that name or None."""
+        other = self._other_name(rec, b"")
+        if other is None:
+            return None
+        fd = os.open(other, os.O_PATH | os.O_NOFOLLOW, dir_fd=self._inodes[pyfuse3.ROOT_INODE].fd)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != rec.key:
+            os.close(fd)
+            return None
+        os.close(rec.fd)
+        rec.fd = fd
+        return other
+
+    def _note_name(self, parent_ino: int, parent: _Inode, name: bytes) -> None:
+        """Remember a new name of a known inode with hard links (see ``_Inode.names``)."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except OSError:
+            return
+        ino = self._by_key.get((st.st_dev, st.st_ino))
+        if ino is not None and st.st_nlink > 1:
+            self._inodes[ino].names.add((parent_ino, name))
+
+    def _scan_for(self, key: tuple[int, int], besides: bytes) -> bytes | None:
+        """Search the tree for a name of inode ``key`` (rare: names the kernel never told us)."""
+        pending = [(b"", os.dup(self._inodes[pyfuse3.ROOT_INODE].fd))]
+        found: bytes | None = None
+        while pending:
+            rel, dfd = pending.pop()
+            try:
+                with os.scandir(dfd) as it:
+                    for entry in it:
+                        name = os.fsencode(entry.name)
+                        path = name if rel == b"" else rel + b"/" + name
+                        if found is None and entry.inode() == key[1] and path != besides:
+                            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                            if (st.st_dev, st.st_ino) == key:
+                                found = path
+                        elif found is None and entry.is_dir(follow_symlinks=False):
+                            with contextlib.suppress(OSError):
+                                pending.append(
+                                    (
+                                        path,
+                                        os.open(
+                                            name,
+                                            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                            dir_fd=dfd,
+                                        ),
+                                    )
+                                )
+            finally:
+                os.close(dfd)
+        return found
+
+    def _other_name(self, rec: _Inode, besides: bytes) -> bytes | None:
+        """A current name of ``rec`` other than ``besides``, from the names the kernel used."""
+        for parent_ino, name in list(rec.names):
+            parent = self._inodes.get(parent_ino)
+            try:
+                if parent is None:
+                    raise FileNotFoundError
+                st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+                path = self._child_path(parent, name)
+            except (OSError, pyfuse3.FUSEError):
+                rec.names.discard((parent_ino, name))
+                continue
+            if (st.st_dev, st.st_ino) == rec.key and path != besides:
+                return path
+        return self._scan_for(rec.key, besides)
 
     def _child_path(self, parent: _Inode, name: bytes) -> bytes:
         base = self._path(parent)
@@ -380,7 +466,7 @@ class PassthroughFS(pyfuse3.Operations):
             # except through NFS-style handles, but stay inside anyway.
             parent.nlookup += 1
             return self._attrs(os.stat(parent.fd), parent_inode)
-        return self._register(parent.fd, name)
+        return self._register(parent.fd, name, parent_ino=parent_inode)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         """The kernel dropped these references."""
@@ -477,7 +563,7 @@ class PassthroughFS(pyfuse3.Operations):
             os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
             if mode & (stat.S_ISUID | stat.S_ISGID):
                 os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # chown cleared them
-        attrs = self._register(parent.fd, name)
+        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
         await self._report_new("mknod", parent, name, attrs)
         return attrs
 
@@ -497,7 +583,7 @@ class PassthroughFS(pyfuse3.Operations):
         uid, gid = self._give_to_caller(pst, ctx)
         if (uid, gid) != (0, 0):
             os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-        attrs = self._register(parent.fd, name)
+        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
         await self._report_new("mkdir", parent, name, attrs)
         return attrs
 
@@ -517,7 +603,7 @@ class PassthroughFS(pyfuse3.Operations):
         uid, gid = self._give_to_caller(pst, ctx)
         if (uid, gid) != (0, 0):
             os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-        attrs = self._register(parent.fd, name)
+        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
         await self._report_new("symlink", parent, name, attrs, target)
         return attrs
 
@@ -535,8 +621,11 @@ class PassthroughFS(pyfuse3.Operations):
         self._refuse(ctx, "link", repr(new_name))
         existing = self._path(rec)
         os.link(_proc(rec.fd), new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
-        attrs = self._register(parent.fd, new_name)
+        attrs = self._register(parent.fd, new_name, parent_ino=new_parent_inode)
         new_path = self._child_path(parent, new_name)
+        if existing is None:
+            # The name the inode was known by is gone; another hard link may still name it.
+            existing = self._other_name(rec, new_path)
         if existing is None:
             existing = new_path  # the linked file had lost its name: the new one is its only name
         await self._sink.link(existing, new_path, os.stat(parent.fd).st_mtime_ns)
@@ -587,6 +676,9 @@ class PassthroughFS(pyfuse3.Operations):
         else:
             os.rename(name_old, name_new, src_dir_fd=old_parent.fd, dst_dir_fd=new_parent.fd)
         self._epoch += 1
+        self._note_name(parent_inode_new, new_parent, name_new)
+        if flags & 2:  # RENAME_EXCHANGE: both names moved
+            self._note_name(parent_inode_old, old_parent, name_old)
         await self._sink.rename(
             old,
             new,
@@ -618,7 +710,7 @@ class PassthroughFS(pyfuse3.Operations):
                 os.fchown(fd, uid, gid)
                 if mode & (stat.S_ISUID | stat.S_ISGID):
                     os.fchmod(fd, stat.S_IMODE(mode))  # chown cleared them
-            attrs = self._register(parent.fd, name)
+            attrs = self._register(parent.fd, name, parent_ino=parent_inode)
         except BaseException:
             os.close(fd)
             raise
@@ -636,6 +728,17 @@ class PassthroughFS(pyfuse3.Operations):
             self._refuse(ctx, "open for writing", repr(self._path(rec)))
         fd = os.open(_proc(rec.fd), flags & ~_STRIP_OPEN_FLAGS)
         self._files[fd] = _OpenFile(fd, inode)
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE in _WRITE_ACCESS:
+            # libfuse asks for atomic O_TRUNC: the kernel sends the flag here instead of a
+            # setattr, so the truncation is applied (and reported) here.
+            try:
+                os.ftruncate(fd, 0)
+                await self._sink.truncate(inode, self._path(rec), 0, os.stat(fd).st_mtime_ns)
+            except BaseException:
+                del self._files[fd]
+                os.close(fd)
+                raise
+            return pyfuse3.FileInfo(fh=fd, keep_cache=False)
         # On a read-only secondary the receiver changes files underneath: never keep pages.
         return pyfuse3.FileInfo(fh=fd, keep_cache=not self._read_only)
 
@@ -705,7 +808,7 @@ class PassthroughFS(pyfuse3.Operations):
         for index in range(start_id, len(d.entries)):
             name = d.entries[index]
             try:
-                attrs = self._register(d.fd, name, count=0)
+                attrs = self._register(d.fd, name, count=0, parent_ino=d.ino)
             except FileNotFoundError:
                 continue  # removed since the snapshot
             if not pyfuse3.readdir_reply(token, name, attrs, index + 1):

@@ -382,7 +382,7 @@ class _Connection:
     def stop_reading(self) -> None:
         """Stop reading from the peer; what was received is still applied before run() ends."""
         transport = self._writer.transport
-        if not transport.is_closing():
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
             transport.pause_reading()  # no feed_data may follow feed_eof
         self._reader.feed_eof()
 
