@@ -443,17 +443,9 @@ class Copier:
                     if exc.errno != errno.ENXIO:
                         raise
                     start = -1  # no data after offset
-                if start < 0:
-                    st = os.fstat(fd)
-                    self._submit(m.Truncate(path, st.st_size, st.st_mtime_ns))
-                    self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
-                    return sent
-                data = os.pread(fd, COPY_BLOCK, start)
+                data = os.pread(fd, COPY_BLOCK, start) if start >= 0 else b""
                 if not data:
-                    offset = start + 1 if start > offset else start
-                    st = os.fstat(fd)
-                    self._submit(m.Truncate(path, st.st_size, st.st_mtime_ns))
-                    self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
+                    self._finish_file(fd, path)
                     return sent
                 st = os.fstat(fd)
                 self._submit(m.Write(path, start, st.st_mtime_ns, data))
@@ -463,6 +455,25 @@ class Copier:
                 await self._window()
         finally:
             os.close(fd)
+
+    def _finish_file(self, fd: int, path: bytes) -> None:
+        """The file's final size, extended attributes and times (after its last block)."""
+        st = os.fstat(fd)
+        self._submit(m.Truncate(path, st.st_size, st.st_mtime_ns))
+        self._send_xattrs(fd, path)
+        self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
+
+    def _send_xattrs(self, fd: int, path: bytes) -> None:
+        try:
+            names = os.listxattr(fd)
+        except OSError:
+            return  # a file system without extended attributes
+        for name in names:
+            try:
+                value = os.getxattr(fd, name)
+            except OSError:
+                continue  # removed meanwhile: its REMOVEXATTR is in the stream
+            self._submit(m.SetXattr(path, os.fsencode(name), value))
 
     def _send_directory_attributes(self) -> None:
         """Every directory's mode, owner and times, children first (one synchronous walk: the
@@ -487,6 +498,7 @@ class Copier:
                     continue  # removed meanwhile: its RMDIR is in the stream
                 self._directory_attributes(path, child)
             st = os.fstat(dfd)
+            self._send_xattrs(dfd, rel)
             self._submit(
                 m.SetAttr(
                     rel,
