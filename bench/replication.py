@@ -20,7 +20,7 @@ Workload (``python -m hakit.testing.workloads bench-io DIR`` run on node1, which
 file, one thread (IOPS); 4 KiB write + fsync latency (p50/p99 µs); metadata: create, rename and
 unlink of 1000 files (ops/s). The two cases alternate for ``--rounds`` rounds (raw first in each)
 so that drift in the machine's load hits both alike; each metric is the median over the rounds
-(raw: over all its rounds) and the ratios are case / raw within this run.
+and each case's ratio is to the median of the raw rounds it alternated with.
 
 After the measurements, a consistency check: ``fsx`` on ``/srv/data/verify`` through the mount on
 node1, then the tree digests (:mod:`hakit.testing.workloads`) of ``/srv/data`` on node1 and node2
@@ -283,19 +283,35 @@ def git_state() -> dict[str, Any]:
 # ---- report -------------------------------------------------------------------------------------
 
 
-def medians(rounds: list[dict[str, dict[str, float]]], case: str) -> dict[str, float]:
-    return {m: statistics.median(r[case][m] for r in rounds if case in r) for m in METRICS}
+def medians(
+    rounds: list[dict[str, dict[str, float]]], case: str, paired_with: str | None = None
+) -> dict[str, float]:
+    """Median of each metric of ``case`` over the rounds (only those that also ran
+    ``paired_with``: the raw baseline of a case is the raw measured in the same rounds)."""
+    rows = [r for r in rounds if case in r and (paired_with is None or paired_with in r)]
+    return {m: statistics.median(r[case][m] for r in rows) for m in METRICS}
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    others = [c for c in results if c != "raw"]
-    raw = results["raw"]
-    head = ["metric", "raw", *[f"{c} (× raw)" for c in others]]
+def table(results: dict[str, dict[str, float]], ratios: dict[str, dict[str, float]]) -> str:
+    """Markdown: each case next to the raw rounds it alternated with, and their ratio."""
+    if not ratios:
+        head, cells_by_metric = (
+            ["metric", "raw"],
+            {m: [f"{results['raw'][m]:,.0f}"] for m in METRICS},
+        )
+    else:
+        head, cells_by_metric = ["metric"], {m: [] for m in METRICS}
+    for case in ratios:
+        head += [f"raw ({case} rounds)", case]
+        for m in METRICS:
+            ratio = f" ({ratios[case][m]:.2f}×)" if m in ratios[case] else ""
+            cells_by_metric[m] += [
+                f"{results[f'raw_paired_with_{case}'][m]:,.0f}",
+                f"{results[case][m]:,.0f}{ratio}",
+            ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, (label, _higher) in METRICS.items():
-        cells = [label, f"{raw[m]:,.0f}"]
-        cells += [f"{results[c][m]:,.0f} ({results[c][m] / raw[m]:.2f}×)" for c in others]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join([label, *cells_by_metric[m]]) + " |")
     return "\n".join(lines)
 
 
@@ -358,11 +374,11 @@ def main() -> int:
             rounds += measure_rounds(lab, ["raw", "alone"], params, args.rounds, args.seed)
             cases.append("alone")
     results = {case: medians(rounds, case) for case in cases}
-    ratios = {
-        case: {m: results[case][m] / results["raw"][m] for m in METRICS if results["raw"][m]}
-        for case in cases
-        if case != "raw"
-    }
+    ratios = {}
+    for case in cases[1:]:
+        baseline = medians(rounds, "raw", paired_with=case)
+        results[f"raw_paired_with_{case}"] = baseline
+        ratios[case] = {m: results[case][m] / baseline[m] for m in METRICS if baseline[m]}
     info.update(
         loadavg_after=os.getloadavg(),
         rounds=rounds,
@@ -373,7 +389,7 @@ def main() -> int:
     out_dir.mkdir(exist_ok=True)
     out = out_dir / f"replication-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}.json"
     out.write_text(json.dumps(info, indent=1) + "\n")
-    print(table(results))
+    print(table(results, ratios))
     if "consistency" in info:
         c = info["consistency"]
         verdict = "identical" if c["identical"] else f"{len(c['differences'])}+ differences"
