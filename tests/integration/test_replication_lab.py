@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -185,6 +186,8 @@ def test_peer_that_stops_acknowledging_blocks_the_application_for_sendtimeout_at
             "    worst=max(worst,time.monotonic()-t); i+=1; time.sleep(0.01)\n"
             "print(f'{worst:.3f} {i}', flush=True)\n",
         ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     time.sleep(2.0)
     # Freeze node2's replicator only: its kernel still accepts bytes, nothing is acknowledged.
