@@ -904,9 +904,10 @@ def fio_verify_args(
     an earlier run (another run id) verifies; with ``verify=pattern`` it fails. Give each write
     round a new ``run_id`` and verify with the latest one to catch stale blocks.
 
-    ``size`` is fio's (``"64m"``) or bytes. ``verify_only``: write nothing, check the file a job
-    with the same arguments wrote (e.g. on the other node after a failover). Output is fio's JSON;
-    the exit status is 0 only if every block verified.
+    ``size`` is fio's (``"64m"``) or bytes. ``verify_only``: write nothing, read the whole file a
+    job with the same arguments wrote and check every block, opening it read-only (so it also runs
+    on a secondary, whose replicated directory refuses writes). Output is fio's JSON; the exit
+    status is 0 only if every block verified (stderr names the offset of the first bad one).
     """
     rid = ((seed * 0x9E3779B1 + 0x1234567) if run_id is None else run_id) & 0xFFFFFFFF
     return [
@@ -915,7 +916,9 @@ def fio_verify_args(
         f"--directory={directory}",
         f"--filename=fio-verify.{seed}",
         f"--size={size}",
-        "--rw=randwrite",
+        # Verifying reads sequentially: a write job opens the file read-write even with
+        # verify_only, which a read-only directory refuses.
+        "--rw=read" if verify_only else "--rw=randwrite",
         "--bs=4k",
         "--ioengine=psync",
         "--iodepth=1",
@@ -928,7 +931,7 @@ def fio_verify_args(
         "--verify_state_save=0",  # else fio leaves a state file in the working directory
         "--do_verify=1",
         "--output-format=json",
-        *(["--verify_only=1"] if verify_only else []),
+        *(["--verify_only=1", "--readonly"] if verify_only else []),
     ]
 
 
