@@ -70,6 +70,7 @@ from hakit.paths import NodePaths
 STATE_BASE = Path("/var/tmp/hakit-lab")
 DEFAULT_HTTP_PORT = 9010
 ANCHOR_TIMEOUT = 20.0  # seconds for all anchors of a lab to come up
+HAKITD_EXEC_GRACE = 3.0  # seconds for the forked daemon to exec
 HAKITD_READY_TIMEOUT = 30.0  # seconds for hakitd to listen on its HTTP port
 SIGNAL_TIMEOUT = 10.0  # seconds for a node's processes to die or stop
 POLL = 0.02
@@ -691,10 +692,13 @@ class Lab:
             if res.returncode != 0:
                 raise LocalSystemError(f"cannot start hakitd on {hs.name} (see {log})")
         pending = {hs.name: hs for hs in hosts}
-        deadline = time.monotonic() + HAKITD_READY_TIMEOUT
+        started = time.monotonic()
+        deadline = started + HAKITD_READY_TIMEOUT
         while pending:
             for name, hs in list(pending.items()):
-                if self._hakitd_of(hs) is None:
+                # `setsid -f` returns before its child has exec'ed hakitd: give it a moment
+                # before calling its absence an exit.
+                if self._hakitd_of(hs) is None and time.monotonic() - started > HAKITD_EXEC_GRACE:
                     raise LocalSystemError(
                         f"hakitd on {name} exited during startup; its last output:\n"
                         f"{self._log_tail(name)}"
