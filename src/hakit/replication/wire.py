@@ -67,6 +67,9 @@ class FrameType(enum.IntEnum):
     RESYNC_BEGIN = 25
     DIRLIST = 26
     RESYNC_END = 27
+    # Full sync by block hashes: the primary's hashes of one file's blocks; the secondary answers
+    # with NEED (control frame) listing the blocks that differ, which the primary then sends.
+    HASHES = 28
     # Control.
     ACK = 40
     PING = 41
@@ -74,6 +77,8 @@ class FrameType(enum.IntEnum):
     ERROR = 43
     # Secondary -> primary: "copy your tree to me" (header: the resync kind, UTF-8).
     RESYNC_REQUEST = 44
+    # Secondary -> primary: the blocks of a file (named in a HASHES request) that differ here.
+    NEED = 45
 
 
 REQUEST_TYPES = frozenset(t for t in FrameType if 10 <= t < 40)
