@@ -27,7 +27,10 @@ from hakit.testing.workloads import compare_digests, fio_verify_args
 PY = sys.executable
 DATA = "/srv/data"
 SENDTIMEOUT = 3.0
-RFS = f'<rfs sendtimeout="{SENDTIMEOUT:g}s"><replicated dir="{DATA}"/></rfs>'
+RFS = (
+    f'<rfs sendtimeout="{SENDTIMEOUT:g}s"><replicated dir="{DATA}">'
+    '<notreplicated path="scratch"/></replicated></rfs>'
+)
 
 
 @pytest.fixture
@@ -71,7 +74,9 @@ def workload(c: Cluster, node: str, *args: str, timeout: float = 600) -> str:
 
 
 def digest(c: Cluster, node: str, path: str = DATA) -> list[str]:
-    return workload(c, node, "tree-digest", path).splitlines()
+    """The tree's digest, without the notreplicated ``scratch`` directory's content."""
+    lines = workload(c, node, "tree-digest", path).splitlines()
+    return [line for line in lines if not json.loads(line)["path"].startswith("scratch/")]
 
 
 def assert_identical(c: Cluster) -> None:
@@ -90,8 +95,13 @@ def test_workloads_through_the_mount_are_replicated_identically(
     c = rcluster()
     # Data present before the first start is copied by the first resynchronization.
     sh(c, "node1", f"mkdir -p {DATA}/old/sub && head -c 3000000 /dev/urandom > {DATA}/old/blob")
+    # A notreplicated directory present on both nodes: each keeps its own content.
+    for node in ("node1", "node2"):
+        sh(c, node, f"mkdir {DATA}/scratch && echo {node} > {DATA}/scratch/own-{node}")
     pair(c)
     assert_identical(c)
+    sh(c, "node1", f"echo later > {DATA}/scratch/later")
+    assert sh(c, "node2", f"ls {DATA}/scratch").split() == ["own-node2"]
 
     # Files created by a non-root application user: owner, mode, and permission checks.
     sh(c, "node1", f"mkdir -m 1777 {DATA}/shared")

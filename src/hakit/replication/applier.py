@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import stat
+from collections.abc import Callable
 
 from hakit.replication.messages import (
     NAMESPACE_MESSAGES,
@@ -100,8 +101,17 @@ class Applier:
     out of date). ``tolerated`` counts the errors ignored because of it. ``counters`` holds the
     number of messages applied per frame type name (``"WRITE"``...) and ``"bytes"`` (data written)."""
 
-    def __init__(self, root_fd: int, *, in_sync: bool = True) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        *,
+        in_sync: bool = True,
+        exclude: Callable[[bytes, bool], bool] | None = None,
+    ) -> None:
         self._root = root_fd
+        # notreplicated paths (``exclude(path, is_dir)``): the primary lists none of them, and a
+        # listing must not remove this node's own (they are not replicated, not "extra").
+        self._exclude = exclude
         self.in_sync = in_sync
         self.tolerated = 0
         self.counters: dict[str, int] = collections.defaultdict(int)
@@ -349,12 +359,22 @@ class Applier:
         try:
             for name in os.listdir(dfd):
                 raw = os.fsencode(name)
-                if raw not in wanted:
+                if raw not in wanted and not self._excluded(dfd, listing.path, raw):
                     _remove(dfd, raw)
             for entry in entries:
                 self._reconcile_entry(dfd, listing.path, entry)
         finally:
             os.close(dfd)
+
+    def _excluded(self, dfd: int, dir_path: bytes, name: bytes) -> bool:
+        if self._exclude is None:
+            return False
+        path = name if dir_path == b"" else dir_path + b"/" + name
+        try:
+            is_dir = stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return False
+        return self._exclude(path, is_dir)
 
     def _ensure_dir(self, listing: DirListing) -> int:
         """Open directory ``listing.path`` (made like ``mkdir -p``), its mode and owner fixed."""

@@ -45,7 +45,9 @@ from hakit.replication.transport import PeerLost, Sender
 
 log = logging.getLogger(__name__)
 
-Exclude = Callable[[bytes], bool]
+# notreplicated: ``exclude(path, is_dir)`` (NotReplicatedMatcher); ``only`` rules never exclude a
+# directory, hence the second argument.
+Exclude = Callable[[bytes, bool], bool]
 
 COPY_BLOCK = 1024 * 1024
 COPY_WINDOW = 16  # blocks in flight during a copy (flow control)
@@ -158,7 +160,7 @@ class ReplicatingSink(MutationSink):
     async def _send(self, msg: m.Message, *paths: bytes | None) -> None:
         if any(p is None for p in paths):
             return  # an unlinked open file: nothing on the peer can be reached through it
-        if any(self._exclude(p) for p in paths if p is not None):
+        if any(self._excluded(p) for p in paths if p is not None):
             self.counters.excluded += 1
             return
         if self._held is not None:
@@ -187,6 +189,11 @@ class ReplicatingSink(MutationSink):
         # on_peer_lost) reported it; wait for the record before answering.
         await asyncio.sleep(0)
         await self._hold()
+
+    def _excluded(self, path: bytes) -> bool:
+        # Whether the path names a directory is not known here: a path is left out only if it
+        # is left out either way (an ``only`` rule never excludes a directory).
+        return self._exclude(path, False) and self._exclude(path, True)
 
     async def _wait_connection(self) -> Sender | None:
         self.counters.waits += 1
@@ -237,7 +244,7 @@ class ReplicatingSink(MutationSink):
         self, old: bytes, new: bytes, flags: int, old_parent_mtime_ns: int, new_parent_mtime_ns: int
     ) -> None:
         """Send RENAME (a rename across the notreplicated boundary is logged, see below)."""
-        old_out, new_out = self._exclude(old), self._exclude(new)
+        old_out, new_out = self._excluded(old), self._excluded(new)
         if old_out != new_out:
             # SafeKit does not replicate such renames either; the peer keeps (or lacks) the
             # entry until the next full resynchronization. Said loudly, never silently.
@@ -371,11 +378,11 @@ class Copier:
                     names = sorted(os.fsencode(e.name) for e in it)
                 for name in names:
                     path = name if rel == b"" else rel + b"/" + name
-                    if self._exclude(path):
-                        continue
                     try:
                         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
                     except FileNotFoundError:
+                        continue
+                    if self._exclude(path, stat.S_ISDIR(st.st_mode)):
                         continue
                     target = b""
                     link_to: bytes | None = None
@@ -435,7 +442,7 @@ class Copier:
                 # Read and queue in one step (module docstring), path taken now: a rename
                 # since the last block was sent before this block.
                 path = self._path_of(fd)
-                if path is None or self._exclude(path):
+                if path is None or self._exclude(path, False):
                     return sent
                 try:
                     start = os.lseek(fd, offset, os.SEEK_DATA)
@@ -488,7 +495,7 @@ class Copier:
                 )
             for name in subdirs:
                 path = name if rel == b"" else rel + b"/" + name
-                if self._exclude(path):
+                if self._exclude(path, True):
                     continue
                 try:
                     child = os.open(

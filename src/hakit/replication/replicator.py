@@ -220,7 +220,9 @@ class Replicator:
             self.fs = passthrough.mount(req.directory, self.sink)
         else:
             self.fs = passthrough.mount(req.directory, NullSink(), read_only=True)
-            self.applier = Applier(os.dup(self.fs.root_fd), in_sync=req.in_sync)
+            self.applier = Applier(
+                os.dup(self.fs.root_fd), in_sync=req.in_sync, exclude=self.exclude
+            )
 
     async def run(self) -> None:
         """Serve until stopped; a task that crashes ends the process with its exception."""
