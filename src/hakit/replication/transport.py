@@ -29,6 +29,7 @@ import contextlib
 import errno as errno_codes
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -52,6 +53,11 @@ from hakit.replication.wire import (
 log = logging.getLogger(__name__)
 
 AsyncMode = Literal["second", "none"]
+
+# ACK header: the highest request the receiver has synced to disk (after ``sync``), so that the
+# sender knows which acknowledged requests a crash of the receiver could still lose.
+_DURABLE = struct.Struct("!Q")
+SYNC_INTERVAL = 0.5
 
 
 class PeerLost(PeerProtocolError):
@@ -117,6 +123,10 @@ class Sender:
     ) -> None:
         self.peer = peer
         self._on_resync_request = on_resync_request
+        # Highest request the peer has on its disk (synced), from the ACKs' header: what a crash
+        # of the peer cannot lose. Requests after it are journaled if the peer is lost (issue 5).
+        self.durable = 0
+        self._on_durable: Callable[[int], None] | None = None
         self._reader = reader
         self._writer = writer
         self._batch = _Batcher(writer)
@@ -225,6 +235,15 @@ class Sender:
         return future
 
     @property
+    def last_seq(self) -> int:
+        """The sequence number of the last request submitted."""
+        return self._seq
+
+    def on_durable(self, callback: Callable[[int], None] | None) -> None:
+        """Call ``callback(seq)`` whenever the peer reports requests up to ``seq`` durable."""
+        self._on_durable = callback
+
+    @property
     def lost(self) -> bool:
         """True once the peer was given up (every later request fails at once)."""
         return self._lost is not None
@@ -284,6 +303,14 @@ class Sender:
                     if frame.seq > self._seq:
                         raise ProtocolError(f"ACK {frame.seq} for a request never sent")
                     self._release(frame.seq)
+                    if len(frame.header) == _DURABLE.size:
+                        (durable,) = _DURABLE.unpack(frame.header)
+                        if durable > frame.seq:
+                            raise ProtocolError(f"ACK {frame.seq} says #{durable} is durable")
+                        if durable > self.durable:
+                            self.durable = durable
+                            if self._on_durable is not None:
+                                self._on_durable(durable)
                 elif frame.type is FrameType.ERROR:
                     code, text = parse_error(frame)
                     name = errno_codes.errorcode.get(code, str(code))
@@ -341,7 +368,12 @@ class _Connection:
         peer: PeerInfo,
         apply: Apply,
         async_mode: AsyncMode,
+        sync: Callable[[], None] | None = None,
+        sync_interval: float = SYNC_INTERVAL,
     ) -> None:
+        self._sync = sync
+        self._sync_interval = sync_interval
+        self._durable = 0
         self.peer = peer
         self._reader = reader
         self._writer = writer
@@ -361,6 +393,7 @@ class _Connection:
         """Serve until the peer goes away or breaks the protocol, or ``apply`` fails."""
         applier = asyncio.create_task(self._apply_loop(), name="replication-receiver-apply")
         reader = asyncio.create_task(self._read_loop(), name="replication-receiver-reader")
+        syncer = asyncio.create_task(self._sync_loop(), name="replication-receiver-sync")
         try:
             await asyncio.wait((applier, reader), return_when=asyncio.FIRST_COMPLETED)
             if reader.done() and not applier.done():
@@ -368,9 +401,9 @@ class _Connection:
                 self._queue.put_nowait(None)
                 await applier
         finally:
-            for task in (applier, reader):
+            for task in (applier, reader, syncer):
                 task.cancel()
-            await asyncio.gather(applier, reader, return_exceptions=True)
+            await asyncio.gather(applier, reader, syncer, return_exceptions=True)
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
@@ -443,6 +476,21 @@ class _Connection:
                 self._barriers.popleft()
             self._schedule_ack()
 
+    async def _sync_loop(self) -> None:
+        """Make what was applied durable every ``sync_interval`` and tell the sender."""
+        if self._sync is None:
+            return
+        while True:
+            await asyncio.sleep(self._sync_interval)
+            target = self._applied
+            if target <= self._durable:
+                continue
+            await asyncio.to_thread(self._sync)
+            self._durable = target
+            self._batch.queue(
+                encode_frame(Frame(FrameType.ACK, self._acked, _DURABLE.pack(self._durable)))
+            )
+
     def _ackable(self) -> int:
         """The highest seq every request up to which may be acknowledged."""
         if self._barriers:
@@ -459,7 +507,8 @@ class _Connection:
         upto = self._ackable()
         if upto > self._acked:
             self._acked = upto
-            self._batch.queue(encode_frame(Frame(FrameType.ACK, upto)))
+            durable = _DURABLE.pack(self._durable)
+            self._batch.queue(encode_frame(Frame(FrameType.ACK, upto, durable)))
 
 
 class Receiver:
@@ -477,7 +526,11 @@ class Receiver:
         *,
         async_mode: AsyncMode = "second",
         handshake_timeout: float = 5.0,
+        sync: Callable[[], None] | None = None,
+        sync_interval: float = SYNC_INTERVAL,
     ) -> None:
+        self._sync = sync
+        self._sync_interval = sync_interval
         self._identity = identity
         self._apply = apply
         self._async_mode = async_mode
@@ -568,7 +621,15 @@ class Receiver:
         if self._current is not None:
             log.info("replication peer %s reconnected: dropping its old connection", peer.node)
             self._current.abort()
-        connection = _Connection(reader, writer, peer, self._apply, self._async_mode)
+        connection = _Connection(
+            reader,
+            writer,
+            peer,
+            self._apply,
+            self._async_mode,
+            sync=self._sync,
+            sync_interval=self._sync_interval,
+        )
         self._current = connection
         if self.on_connected is not None:
             self.on_connected(peer)

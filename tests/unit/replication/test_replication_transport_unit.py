@@ -288,3 +288,42 @@ async def _never(frame: Frame) -> None:
 
 def _unexpected(reason: str) -> None:
     raise AssertionError(f"no connection, so no loss to report: {reason}")
+
+
+def test_durable_mark_follows_the_receivers_sync() -> None:
+    async def scenario() -> None:
+        synced: list[int] = []
+        peer = Peer()
+        peer.receiver = Receiver(
+            SECONDARY, peer.apply, sync=lambda: synced.append(len(peer.applied)), sync_interval=0.01
+        )
+        port = await peer.receiver.start("127.0.0.1", 0)
+        seen: list[int] = []
+        sender = await Sender.connect(
+            "127.0.0.1", port, PRIMARY, sendtimeout=10.0, on_peer_lost=lambda _: None
+        )
+        sender.on_durable(seen.append)
+        try:
+            for _ in range(5):
+                await sender.send(FrameType.WRITE, b"h", b"d")
+            assert sender.last_seq == 5
+            while sender.durable < 5:
+                await asyncio.sleep(0.01)
+            # Durable only after a sync that ran once those requests were applied.
+            assert synced and max(synced) == 5
+            assert seen == sorted(seen) and seen[-1] == 5
+        finally:
+            await sender.close()
+            await peer.receiver.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_receiver_without_sync_never_claims_durability() -> None:
+    async def scenario(peer: Peer, sender: Sender, lost: list[str]) -> None:
+        for _ in range(3):
+            await sender.send(FrameType.WRITE, b"h", b"d")
+        await asyncio.sleep(0.05)
+        assert sender.durable == 0
+
+    run(scenario)
