@@ -251,6 +251,7 @@ def build_spec(
             base_port=ports(module_id).replication,
             key_file=key_file,
             rfs=config.rfs,
+            state_dir=state_dir,
         )
     return MirrorSpec(
         module=module,
@@ -305,6 +306,8 @@ class MirrorEngine:
     _announcements: int = field(default=0, init=False)
     replication: ReplicationPort | None = None
     _resyncing: set[int] = field(default_factory=set, init=False)
+    _keep_aside: dict[str, str] | None = field(default=None, init=False)
+    _kept_aside: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         data = codec.load_generation(self.spec.generation_file)
@@ -447,6 +450,8 @@ class MirrorEngine:
             self.replication.set_paired(
                 self.state.state is ModuleState.PRIM and self.state.data.status is DataStatus.PAIRED
             )
+            if (self.state.state, self.state.readiness) == (ModuleState.SECOND, Readiness.READY):
+                self.replication.serve()
         if isinstance(event, AdminCommand):
             self._remember_intent(event)
         if (before.state, before.readiness) != (self.state.state, self.state.readiness):
@@ -489,13 +494,18 @@ class MirrorEngine:
                     self.submit(ResyncDone(kind, self.state.peer.generation))
                 else:
                     self._resyncing = set(range(self.replication.count))
-                    self.replication.resync(kind.value)
-            case PreserveDivergentData(reason=reason):
-                self.modlog.append(
-                    COMPONENT,
-                    Level.INFO,
-                    f"No replicated directory: nothing to keep aside ({reason})",
-                )
+                    keep, self._keep_aside = self._keep_aside, None
+                    self.replication.resync(kind.value, keep)
+            case PreserveDivergentData(reason=reason, generation=gen):
+                if self.replication is None:
+                    self.modlog.append(
+                        COMPONENT,
+                        Level.INFO,
+                        f"No replicated directory: nothing to keep aside ({reason})",
+                    )
+                else:
+                    # Done by the replicators before the copy starts (the resync that follows).
+                    self._keep_aside = {"reason": reason, "generation": gen}
             case _:
                 raise AssertionError(f"unknown action {action!r}")
 
@@ -542,6 +552,15 @@ class MirrorEngine:
                 f"{msg.get('code')}): restarting the module",
             )
             self.submit(CheckerAction(CheckerKind.STOPSTART, identity="rfs"))
+        elif ev == "kept_aside":
+            self.modlog.append(
+                RFS_COMPONENT,
+                Level.EVENT,
+                f"Split brain: this node's divergent files of directory {index} kept aside in "
+                f"{msg.get('directory')} ({msg.get('files', 0)} files, {msg.get('bytes', 0)} "
+                f"bytes) before the copy from {self.spec.peer}",
+            )
+            self._kept_aside.append(str(msg.get("directory")))
         elif ev in ("connected", "disconnected", "copy_sent"):
             detail = msg.get("peer") or msg.get("reason") or f"{msg.get('files', 0)} files"
             self.modlog.append(RFS_COMPONENT, Level.INFO, f"Replication {ev} ({detail})")
@@ -748,6 +767,8 @@ class MirrorEngine:
             "heart.stopstartloop": str(len(s.loop_times)),
             **(self.replication.resources() if self.replication is not None else {}),
         }
+        if self._kept_aside:
+            resources["rfs.kept_aside"] = self._kept_aside[-1]
         for mv in self.spec.vips:
             resources[f"ip.{mv.vip.addr}"] = "up" if self._vip_up else "down"
         return {

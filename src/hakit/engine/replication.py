@@ -24,6 +24,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from hakit.config.model import Replicated, Rfs
@@ -32,6 +33,8 @@ from hakit.replication.passthrough import clean_stale_mounts
 
 log = logging.getLogger(__name__)
 
+SAFEKIT_ZONE = 8 * 1024 * 1024
+DEFAULT_ZONE = 1024 * 1024
 START_LIMIT = 20.0  # mounting takes well under a second; a hung /dev/fuse does not
 STOP_LIMIT = 30.0  # a secondary applies what it received before it ends
 
@@ -47,6 +50,14 @@ class ReplicationSpec:
     base_port: int
     key_file: str
     rfs: Rfs
+    state_dir: Path | None = None  # the module's state directory (journals, kept-aside data)
+
+    @property
+    def zone_size(self) -> int:
+        """The dirty-zone size: 1 MiB unless ``ruzone_blocksize`` was changed from SafeKit's
+        8 MiB default (smaller zones copy less after scattered writes)."""
+        configured = self.rfs.ruzone_blocksize
+        return configured if configured != SAFEKIT_ZONE else DEFAULT_ZONE
 
     @property
     def dirs(self) -> tuple[Replicated, ...]:
@@ -79,6 +90,16 @@ class ReplicationSpec:
             "paired": paired,
             "in_sync": in_sync,
             "generation": generation,
+            "zone_size": self.zone_size,
+            **(
+                {
+                    "journal": str(self.state_dir / f"rfs{index}.journal"),
+                    "marker": str(self.state_dir / f"rfs{index}.primary"),
+                    "divergent": str(self.state_dir / "divergent"),
+                }
+                if self.state_dir is not None
+                else {}
+            ),
         }
 
 
@@ -95,7 +116,9 @@ class ReplicationPort(Protocol):
 
     async def stop(self) -> None: ...
 
-    def resync(self, kind: str) -> None: ...
+    def resync(self, kind: str, keep_aside: Mapping[str, str] | None = None) -> None: ...
+
+    def serve(self) -> None: ...
 
     def set_paired(self, paired: bool) -> None: ...
 
@@ -134,6 +157,7 @@ class Replicators:
         self._on_event = on_event
         self._procs: list[_Process] = []
         self._paired: bool | None = None
+        self._serving = False
         self.role: str | None = None
 
     @property
@@ -147,6 +171,7 @@ class Replicators:
             await self.stop()
         self.role = role
         self._paired = paired
+        self._serving = False
         for index, rep in enumerate(self.spec.dirs):
             proc = await self._spawn(index, rep.dir)
             self._procs.append(proc)
@@ -243,9 +268,16 @@ class Replicators:
         for entry in self._procs:
             entry.send(op, **fields)
 
-    def resync(self, kind: str) -> None:
-        """Ask every (secondary) replicator to get a ``kind`` copy from the primary."""
-        self._broadcast("resync", kind=kind)
+    def resync(self, kind: str, keep_aside: Mapping[str, str] | None = None) -> None:
+        """Ask every (secondary) replicator to get a ``kind`` copy from the primary, first
+        keeping aside its divergent files if ``keep_aside`` ({reason, generation}) is given."""
+        self._broadcast("resync", kind=kind, keep_aside=dict(keep_aside) if keep_aside else None)
+
+    def serve(self) -> None:
+        """Secondaries may apply the primary's stream (the module is a Ready SECOND)."""
+        if not self._serving:
+            self._serving = True
+            self._broadcast("serve")
 
     def set_paired(self, paired: bool) -> None:
         """Tell primaries whether the module is paired (sent on change only)."""

@@ -31,6 +31,8 @@ class FakeReplication:
         self.persisted_after: list[str] = []
         self.generation_file: Path | None = None
         self.fail_start: str | None = None
+        self.keep_aside: dict[str, str] | None = None
+        self.serving = 0
 
     @property
     def count(self) -> int:
@@ -51,9 +53,10 @@ class FakeReplication:
         self.calls.append("stop")
         self.role = None
 
-    def resync(self, kind: str) -> None:
+    def resync(self, kind: str, keep_aside: Mapping[str, str] | None = None) -> None:
         """Record it; answer ``resync_done`` for every directory soon if ``auto_resync``."""
-        self.calls.append(f"resync {kind}")
+        self.calls.append(f"resync {kind}" + (" keep-aside" if keep_aside else ""))
+        self.keep_aside = dict(keep_aside) if keep_aside else None
         if self.auto_resync:
             asyncio.get_running_loop().call_soon(self.finish_resync, kind)
 
@@ -61,6 +64,10 @@ class FakeReplication:
         """Every directory reports its copy done."""
         for index in range(self.dirs):
             self.emit(index, {"ev": "resync_done", "kind": kind, "files": 1, "bytes": 1})
+
+    def serve(self) -> None:
+        """Count it (the real port sends it once per start)."""
+        self.serving += 1
 
     def set_paired(self, paired: bool) -> None:
         """Record changes only (as the real port sends them)."""
