@@ -27,6 +27,13 @@ While not in sync, errors that only mean "this part of the tree is not what the 
 (ENOENT, EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, ELOOP) are tolerated and counted: the resync rewrites
 that part anyway. ``RESYNC_END`` marks the tree in sync again. Any other failure raises
 ``OSError``; the receiver then reports ``ERROR`` and the primary marks this node out of date.
+
+Block-hash sync (:mod:`hakit.replication.hashsync`): a ``HASHES`` request is answered, not just
+applied: :meth:`Applier.apply` returns a :class:`HashesResult` with the blocks whose content
+differs here (read with ``O_NOATIME``, a block at a time, holes not read), which the caller sends
+back as ``NEED``. A file that cannot be read as a regular file (missing, replaced by another kind
+of node while out of sync) needs every block: the primary's ``WRITE`` frames then meet the usual
+rules.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ import os
 import shutil
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from hakit.replication import hashsync
 from hakit.replication.messages import (
     NAMESPACE_MESSAGES,
     Create,
@@ -47,10 +56,12 @@ from hakit.replication.messages import (
     DirListing,
     Fallocate,
     Fsync,
+    Hashes,
     Link,
     Message,
     Mkdir,
     Mknod,
+    Need,
     RemoveXattr,
     Rename,
     ResyncBegin,
@@ -88,6 +99,20 @@ _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO where a file is expected fails (ENXIO) instead of blocking the receiver.
 _O_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _USER_XATTR = b"user."
+_O_HASH = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass(frozen=True)
+class HashesResult:
+    """What applying a ``HASHES`` request found: the indexes of ``path``'s blocks that differ
+    here (increasing), to be sent back as ``NEED``."""
+
+    path: bytes
+    blocks: tuple[int, ...]
+
+    def need(self, seq: int) -> Need:
+        """The answer to the ``HASHES`` request ``seq``."""
+        return Need(seq, self.path, self.blocks)
 
 
 def _parent(path: bytes) -> bytes:
@@ -125,8 +150,9 @@ class Applier:
 
     # ---- public ----------------------------------------------------------------------------------
 
-    def apply(self, msg: Message) -> ResyncEnd | None:
-        """Apply one message; the ``ResyncEnd`` itself once the resync it ends is applied.
+    def apply(self, msg: Message) -> ResyncEnd | HashesResult | None:
+        """Apply one message; the ``ResyncEnd`` itself once the resync it ends is applied, the
+        :class:`HashesResult` of a ``Hashes`` request (always one: the primary waits for it).
 
         Raises OSError if the change cannot be made (except the tolerated errors while not in
         sync), ProtocolError if the message makes no sense in the stream (a listing interrupted)."""
@@ -154,7 +180,7 @@ class Applier:
 
     # ---- dispatch --------------------------------------------------------------------------------
 
-    def _dispatch(self, msg: Message) -> ResyncEnd | None:
+    def _dispatch(self, msg: Message) -> ResyncEnd | HashesResult | None:
         if isinstance(msg, Create):
             self._create(msg.node)
         elif isinstance(msg, Mknod):
@@ -189,7 +215,9 @@ class Applier:
             return self._dispatch_data(msg)
         return None
 
-    def _dispatch_data(self, msg: Message) -> ResyncEnd | None:
+    def _dispatch_data(self, msg: Message) -> ResyncEnd | HashesResult | None:
+        if isinstance(msg, Hashes):
+            return self._hashes(msg)
         if isinstance(msg, Write):
             fd = self._writer(msg.path)
             _pwrite_all(fd, msg.data, msg.offset)
@@ -327,6 +355,26 @@ class Applier:
         )
         try:
             sync(fd)
+        finally:
+            os.close(fd)
+
+    def _hashes(self, msg: Hashes) -> HashesResult:
+        """The blocks of ``msg.path`` that differ from the primary's digests."""
+        every = HashesResult(msg.path, tuple(range(len(msg.digests))))
+        try:
+            try:
+                fd = os.open(msg.path, _O_HASH | os.O_NOATIME, dir_fd=self._root)
+            except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
+                fd = os.open(msg.path, _O_HASH, dir_fd=self._root)
+        except OSError as exc:
+            if exc.errno in TOLERATED_ERRNOS or exc.errno == errno.ENXIO:  # ENXIO: a FIFO
+                log.debug("replication: %r cannot be compared (%s): every block needed", msg, exc)
+                return every
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return every
+            return HashesResult(msg.path, hashsync.differing_blocks(fd, msg))
         finally:
             os.close(fd)
 
@@ -521,7 +569,20 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
     result = _libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length))
-    if result != 0 and mode == 0 and ctypes.get_errno() == errno.EOPNOTSUPP:
-        os.posix_fallocate(fd, offset, length)  # glibc writes zeros where the fs cannot allocate
-        return
+    if result != 0 and ctypes.get_errno() == errno.EOPNOTSUPP:
+        if mode == 0:
+            os.posix_fallocate(fd, offset, length)  # glibc writes zeros where it cannot allocate
+            return
+        if mode == hashsync.PUNCH_HOLE:
+            # The block-hash sync zeroes ranges this way; the same bytes, only not sparse.
+            _write_zeros(fd, offset, min(offset + length, os.fstat(fd).st_size))
+            return
     _check(result, "fallocate")
+
+
+def _write_zeros(fd: int, start: int, end: int) -> None:
+    zeros = bytes(min(max(end - start, 0), hashsync.WRITE_CHUNK))
+    while start < end:
+        step = min(end - start, len(zeros))
+        _pwrite_all(fd, zeros[:step], start)
+        start += step

@@ -9,8 +9,13 @@ the same dataclass.
 Header layout: the fields in declaration order, big endian, integers fixed width (modes, owners
 u32; sizes and offsets u64; times i64 nanoseconds, since times before 1970 are legal), byte
 strings (paths, names, symlink targets, text) as ``u16 length | bytes``. Bulk bytes go in the
-payload, never copied into the header: a ``WRITE``'s data, a ``SETXATTR``'s value, and a
-``DIRLIST``'s entries (a directory of many names would not fit the 64 KiB header).
+payload, never copied into the header: a ``WRITE``'s data, a ``SETXATTR``'s value, a
+``DIRLIST``'s entries (a directory of many names would not fit the 64 KiB header), a ``HASHES``'
+block digests and a ``NEED``'s block indexes.
+
+``NEED`` is the one message here that is not a request: the secondary's answer to a ``HASHES``
+request (same seq), sent as a control frame, so it has its own codec (:func:`encode_need`,
+:func:`decode_need`) and is not part of :data:`Message`.
 
 The peer is authenticated, but a bug or a corrupted stream must never make the secondary write
 outside its directory, so :func:`decode` validates every path (:func:`check_relative`) and every
@@ -45,6 +50,9 @@ _KIND = {
     _I64: "64 bits signed",
 }
 _U16_MAX = 2**16 - 1
+
+DIGEST_SIZE = 16
+"""Bytes of one block digest in ``HASHES`` (blake2b with ``digest_size=16``)."""
 
 # SetAttr's "which fields are present" bits.
 _HAS_MODE = 0x01
@@ -233,6 +241,32 @@ class DirListing:
 
 
 @dataclass(frozen=True)
+class Hashes:
+    """The primary's digests of a file's blocks (``HASHES``), asking which ones differ.
+
+    Block ``i`` is bytes ``[i * block_size, min((i + 1) * block_size, size))`` of the primary's
+    file of ``size`` bytes (the last one may be short); ``digests[i]`` is its blake2b digest of
+    :data:`DIGEST_SIZE` bytes. The secondary answers with :class:`Need`."""
+
+    path: bytes
+    block_size: int
+    size: int
+    digests: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Need:
+    """The secondary's answer to the ``HASHES`` request ``seq`` (``NEED``, a control frame).
+
+    ``blocks``: the indexes (increasing) of the blocks of ``path`` whose content differs here,
+    which the primary then sends."""
+
+    seq: int
+    path: bytes
+    blocks: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ResyncEnd:
     """The copy is complete (``RESYNC_END``): ``files`` names and ``bytes`` of data were sent."""
 
@@ -259,6 +293,7 @@ Message = (
     | Fsync
     | ResyncBegin
     | DirListing
+    | Hashes
     | ResyncEnd
 )
 
@@ -284,6 +319,7 @@ _FRAME_TYPES: dict[type, FrameType] = {
     Fsync: FrameType.FSYNC,
     ResyncBegin: FrameType.RESYNC_BEGIN,
     DirListing: FrameType.DIRLIST,
+    Hashes: FrameType.HASHES,
     ResyncEnd: FrameType.RESYNC_END,
 }
 
@@ -291,6 +327,11 @@ _FRAME_TYPES: dict[type, FrameType] = {
 def frame_type_of(msg: Message) -> FrameType:
     """The frame type that carries ``msg``."""
     return _FRAME_TYPES[type(msg)]
+
+
+def block_count(size: int, block_size: int) -> int:
+    """How many blocks of ``block_size`` bytes cover ``size`` bytes (the last one may be short)."""
+    return -(-size // block_size)
 
 
 # ---- validation ----------------------------------------------------------------------------------
@@ -582,6 +623,13 @@ def encode(msg: Message) -> tuple[FrameType, bytes, bytes]:
         for entry in msg.entries:
             _put_entry(entries, entry)
         payload = entries.getvalue()
+    elif isinstance(msg, Hashes):
+        frame_type = FrameType.HASHES
+        _check_hashes(msg)
+        w.blob(msg.path, "path")
+        w.u32(msg.block_size, "block_size")
+        w.u64(msg.size, "size")
+        payload = b"".join(msg.digests)
     elif isinstance(msg, ResyncEnd):
         frame_type = FrameType.RESYNC_END
         w.text(msg.kind, "kind")
@@ -701,6 +749,8 @@ def _decode_header(frame: Frame, r: _Reader) -> Message:
         return ResyncBegin(r.text("kind"), r.text("generation"))
     if t is FrameType.DIRLIST:
         return _decode_dirlist(frame, r)
+    if t is FrameType.HASHES:
+        return _decode_hashes(frame, r)
     if t is FrameType.RESYNC_END:
         return ResyncEnd(r.text("kind"), r.u64("files"), r.u64("bytes"))
     raise ProtocolError(f"{t.name} frame (seq {frame.seq}) is not a replication request")
@@ -738,8 +788,44 @@ def _decode_dirlist(frame: Frame, r: _Reader) -> DirListing:
     return DirListing(path, mode, uid, gid, tuple(entries), more)
 
 
+def _check_hashes(msg: Hashes) -> None:
+    what = f"Hashes of {msg.path!r}"
+    if msg.block_size < 1:
+        raise ValueError(f"{what}: block_size {msg.block_size} must be at least 1")
+    expected = block_count(msg.size, msg.block_size)
+    if len(msg.digests) != expected:
+        raise ValueError(
+            f"{what}: {len(msg.digests)} digests for {msg.size} bytes in blocks of "
+            f"{msg.block_size}, expected {expected}"
+        )
+    for index, digest in enumerate(msg.digests):
+        if len(digest) != DIGEST_SIZE:
+            raise ValueError(
+                f"{what}: digests[{index}] is {len(digest)} bytes long, not {DIGEST_SIZE}"
+            )
+
+
+def _decode_hashes(frame: Frame, r: _Reader) -> Hashes:
+    path = r.entry_path("path")
+    block_size = r.u32("block_size")
+    if block_size < 1:
+        raise r.fail("block_size", "0: a block holds at least 1 byte")
+    size = r.u64("size")
+    payload = frame.payload
+    expected = block_count(size, block_size)
+    if len(payload) != expected * DIGEST_SIZE:
+        raise ProtocolError(
+            f"HASHES frame (seq {frame.seq}), payload: {len(payload)} bytes, but {size} bytes in "
+            f"blocks of {block_size} need {expected} digests of {DIGEST_SIZE} bytes"
+        )
+    digests = tuple(payload[i : i + DIGEST_SIZE] for i in range(0, len(payload), DIGEST_SIZE))
+    return Hashes(path, block_size, size, digests)
+
+
 # Frames whose payload is the message's bulk data; every other request must have none.
-_PAYLOAD_TYPES = frozenset({FrameType.WRITE, FrameType.SETXATTR, FrameType.DIRLIST})
+_PAYLOAD_TYPES = frozenset(
+    {FrameType.WRITE, FrameType.SETXATTR, FrameType.DIRLIST, FrameType.HASHES}
+)
 
 
 def decode(frame: Frame) -> Message:
@@ -753,6 +839,50 @@ def decode(frame: Frame) -> Message:
             "payload (this type has none)"
         )
     return message
+
+
+# ---- NEED: the answer to HASHES (a control frame) ------------------------------------------------
+
+
+def encode_need(need: Need) -> Frame:
+    """The ``NEED`` control frame of ``need``; ValueError names what does not fit or is unsorted."""
+    w = _Writer("Need")
+    w.blob(need.path, "path")
+    indexes = _Writer("Need")
+    previous = -1
+    for position, block in enumerate(need.blocks):
+        indexes.u32(block, f"blocks[{position}]")
+        if block <= previous:
+            raise ValueError(
+                f"Need of {need.path!r}: blocks[{position}] = {block} after {previous} "
+                "(they must be increasing)"
+            )
+        previous = block
+    if not 0 <= need.seq < 2**64:
+        raise ValueError(f"Need of {need.path!r}: seq {need.seq} does not fit in 64 bits")
+    return Frame(FrameType.NEED, need.seq, w.getvalue(), indexes.getvalue())
+
+
+def decode_need(frame: Frame) -> Need:
+    """The :class:`Need` a ``NEED`` frame carries; ProtocolError (located) if it is malformed."""
+    if frame.type is not FrameType.NEED:
+        raise ProtocolError(f"{frame.type.name} frame (seq {frame.seq}) is not a NEED frame")
+    r = _Reader(frame, frame.header, "header")
+    path = r.entry_path("path")
+    r.done()
+    if len(frame.payload) % _U32.size:
+        raise ProtocolError(
+            f"NEED frame (seq {frame.seq}), payload: {len(frame.payload)} bytes is not a whole "
+            f"number of {_U32.size}-byte block indexes"
+        )
+    blocks = tuple(index for (index,) in _U32.iter_unpack(frame.payload))
+    for position in range(1, len(blocks)):
+        if blocks[position] <= blocks[position - 1]:
+            raise ProtocolError(
+                f"NEED frame (seq {frame.seq}), payload field blocks[{position}]: "
+                f"{blocks[position]} after {blocks[position - 1]} (they must be increasing)"
+            )
+    return Need(frame.seq, path, blocks)
 
 
 # ---- directory listings split to fit frames ------------------------------------------------------

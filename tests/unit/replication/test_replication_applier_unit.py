@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hakit.replication.applier import WRITE_CACHE_SIZE, Applier
+from hakit.replication.applier import WRITE_CACHE_SIZE, Applier, HashesResult
+from hakit.replication.hashsync import PUNCH_HOLE, block_digests
 from hakit.replication.messages import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -20,10 +21,12 @@ from hakit.replication.messages import (
     DirListing,
     Fallocate,
     Fsync,
+    Hashes,
     Link,
     Message,
     Mkdir,
     Mknod,
+    Need,
     RemoveXattr,
     Rename,
     ResyncBegin,
@@ -80,7 +83,7 @@ def applier(root: Path) -> Iterator[Applier]:
     os.close(fd)
 
 
-def apply(applier: Applier, *messages: Message) -> ResyncEnd | None:
+def apply(applier: Applier, *messages: Message) -> ResyncEnd | HashesResult | None:
     """Apply through the wire codec, as the receiver does."""
     result = None
     for msg in messages:
@@ -725,3 +728,93 @@ def test_a_recorded_stream_applied_into_two_directories_gives_identical_trees(
     assert result[b"app/db"][-2] == 5000
     assert result[b""][4] == T2 + 40
     assert result[b"current"][2:5] == (1000, 1000, T0)
+
+
+# ---- block-hash sync: HASHES answered with the blocks that differ --------------------------------
+
+BLOCK = 4096
+
+
+def _hashes_of(path: Path, name: bytes, block: int = BLOCK) -> Hashes:
+    """The HASHES request the primary would send for the file at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        count = -(-size // block)
+        return Hashes(name, block, size, tuple(block_digests(fd, block, size, 0, count)))
+    finally:
+        os.close(fd)
+
+
+def test_hashes_of_an_identical_file_need_nothing_and_keep_atime(
+    applier: Applier, root: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(5 * BLOCK + 100)
+    (tmp_path / "primary").write_bytes(data)
+    (root / "f").write_bytes(data)
+    os.utime(root / "f", ns=(T0, T1))
+    result = apply(applier, _hashes_of(tmp_path / "primary", b"f"))
+    assert result == HashesResult(b"f", ())
+    assert isinstance(result, HashesResult)
+    assert result.need(17) == Need(17, b"f", ())
+    assert os.stat(root / "f").st_atime_ns == T0  # read with O_NOATIME
+    assert (root / "f").read_bytes() == data  # nothing changed
+    assert applier.counters["HASHES"] == 1
+
+
+def test_hashes_find_the_changed_blocks_including_a_short_last_one(
+    applier: Applier, root: Path, tmp_path: Path
+) -> None:
+    data = bytearray(os.urandom(5 * BLOCK + 100))
+    (tmp_path / "primary").write_bytes(data)
+    data[BLOCK + 7] ^= 1
+    data[-1] ^= 1
+    (root / "f").write_bytes(data)
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", (1, 5))
+
+
+def test_hashes_count_blocks_past_the_local_end_as_differing(
+    applier: Applier, root: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(6 * BLOCK)
+    (tmp_path / "primary").write_bytes(data)
+    (root / "f").write_bytes(data[: 3 * BLOCK + 10])  # block 3 only partly here
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", (3, 4, 5))
+    (root / "f").write_bytes(data + b"longer here")  # the extra bytes are the TRUNCATE's job
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", ())
+
+
+def test_hashes_match_holes_against_written_zeros_both_ways(
+    applier: Applier, root: Path, tmp_path: Path
+) -> None:
+    with open(tmp_path / "primary", "wb") as f:  # a hole, one block of data, a hole
+        f.truncate(8 * BLOCK)
+        f.seek(4 * BLOCK)
+        f.write(b"d" * BLOCK)
+    (root / "f").write_bytes(bytes(4 * BLOCK) + b"d" * BLOCK + bytes(3 * BLOCK))
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", ())
+    assert apply(applier, _hashes_of(root / "f", b"f")) == HashesResult(b"f", ())
+
+
+def test_hashes_of_a_missing_or_other_kind_of_node_need_every_block(
+    applier: Applier, root: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "primary").write_bytes(os.urandom(3 * BLOCK))
+    every = (0, 1, 2)
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", every)
+    os.mkdir(root / "f")
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", every)
+    os.rmdir(root / "f")
+    os.symlink("elsewhere", root / "f")
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", every)
+    os.unlink(root / "f")
+    os.mkfifo(root / "f")  # never blocks the receiver
+    assert apply(applier, _hashes_of(tmp_path / "primary", b"f")) == HashesResult(b"f", every)
+    assert applier.counters["HASHES"] == 4 and applier.tolerated == 0
+
+
+def test_a_punched_hole_zeroes_the_range_and_keeps_the_size(applier: Applier, root: Path) -> None:
+    (root / "f").write_bytes(b"x" * (4 * BLOCK))
+    apply(applier, Fallocate(b"f", PUNCH_HOLE, BLOCK, 2 * BLOCK, T1))
+    assert (root / "f").read_bytes() == b"x" * BLOCK + bytes(2 * BLOCK) + b"x" * BLOCK
+    assert os.stat(root / "f").st_mtime_ns == T1

@@ -11,15 +11,18 @@ import pytest
 
 from hakit.replication import wire
 from hakit.replication.messages import (
+    DIGEST_SIZE,
     Create,
     DirEntry,
     DirListing,
     Fallocate,
     Fsync,
+    Hashes,
     Link,
     Message,
     Mkdir,
     Mknod,
+    Need,
     RemoveXattr,
     Rename,
     ResyncBegin,
@@ -31,10 +34,13 @@ from hakit.replication.messages import (
     Truncate,
     Unlink,
     Write,
+    block_count,
     check_relative,
     decode,
+    decode_need,
     dirlisting_frames,
     encode,
+    encode_need,
     entries_of,
     frame_type_of,
 )
@@ -97,6 +103,9 @@ SAMPLES: list[Message] = [
     DirListing(b"sub/\xff", 0o42775, 1000, U32, ENTRIES, True),
     ResyncEnd("full", 0, 0),
     ResyncEnd("zones", U64, U64),
+    Hashes(b"f", 1, 0, ()),
+    Hashes(b"d/f", 4096, 8193, (b"\x00" * 16, b"\xff" * 16, bytes(range(16)))),
+    Hashes(LONG_PATH, U32, U32 + 1, (b"a" * 16, b"b" * 16)),
 ]
 
 
@@ -124,6 +133,10 @@ def test_bulk_data_goes_in_the_payload() -> None:
     assert payload == b"value"
     _, header, payload = encode(DirListing(b"d", 0o40755, 0, 0, ENTRIES, False))
     assert len(header) < 32 and len(payload) > 255
+    digests = tuple(bytes([i]) * DIGEST_SIZE for i in range(40))
+    _, header, payload = encode(Hashes(b"f", 256, 40 * 256, digests))
+    assert payload == b"".join(digests)
+    assert len(header) < 32
 
 
 def test_setattr_absent_fields_stay_absent() -> None:
@@ -142,6 +155,10 @@ def test_setattr_absent_fields_stay_absent() -> None:
         (Link(b"p" * 65536, b"n", 0), "existing"),
         (Rename(b"a", b"b", U32 + 1, 0, 0), "flags"),
         (DirListing(b"d", 0, 0, 0, (dataclasses.replace(ENTRIES[0], size=-1),), False), "size"),
+        (Hashes(b"f", 0, 0, ()), "block_size 0"),
+        (Hashes(b"f", U32 + 1, 1, (b"x" * 16,)), "block_size"),
+        (Hashes(b"f", 2, 5, (b"x" * 16,) * 2), "2 digests for 5 bytes in blocks of 2, expected 3"),
+        (Hashes(b"f", 2, 2, (b"x" * 15,)), r"digests\[0\] is 15 bytes long, not 16"),
     ],
 )
 def test_encode_names_the_field_that_does_not_fit(msg: Message, field: str) -> None:
@@ -299,6 +316,91 @@ def test_fuzzed_frames_only_ever_raise_protocol_error() -> None:
         # Whatever decodes is a valid message: it encodes back to the same frame.
         assert encode(message) == (frame_type, bytes(header), bytes(payload))
     assert decoded > 0
+
+
+# ---- block-hash sync: HASHES and its answer NEED -------------------------------------------------
+
+
+def test_hashes_counts_blocks_with_a_short_last_one() -> None:
+    assert [block_count(size, 4) for size in (0, 1, 4, 5, 8, 9)] == [0, 1, 1, 2, 2, 3]
+
+
+def test_hashes_payload_must_hold_exactly_the_digests_of_its_size() -> None:
+    frame = _frame(Hashes(b"f", 4, 9, (b"a" * 16, b"b" * 16, b"c" * 16)))
+    for payload in (frame.payload[:-1], frame.payload[:-16], frame.payload + b"d" * 16, b""):
+        with pytest.raises(
+            ProtocolError, match=r"HASHES frame \(seq 9\), payload: .* 9 bytes in blocks of 4"
+        ):
+            decode(dataclasses.replace(frame, payload=payload))
+    zero_block = bytearray(frame.header)
+    zero_block[3:7] = b"\x00" * 4  # block_size, after the 1-byte path
+    with pytest.raises(ProtocolError, match="block_size: 0"):
+        decode(dataclasses.replace(frame, header=bytes(zero_block)))
+    with pytest.raises(ProtocolError, match="not the directory itself"):
+        decode(_frame(Hashes(b"", 1, 0, ())))
+    with pytest.raises(ProtocolError, match=r"HASHES frame \(seq 31\), header field path"):
+        decode(_with_path(FrameType.HASHES, b"../x", struct.pack("!IQ", 1, 0)))
+
+
+NEEDS = [
+    Need(7, b"f", ()),
+    Need(U64, b"dir/\xff", (0, 1, 5, U32)),
+    Need(1, LONG_PATH, tuple(range(0, 300000, 3))),
+]
+
+
+@pytest.mark.parametrize("need", NEEDS, ids=lambda n: f"{len(n.blocks)}-blocks")
+def test_need_round_trip_through_the_wire(need: Need) -> None:
+    frame = encode_need(need)
+    assert frame.type is FrameType.NEED
+    assert frame.seq == need.seq
+    assert len(frame.payload) == 4 * len(need.blocks)
+    assert decode_need(wire.decode_frame(wire.encode_frame(frame))) == need
+
+
+def test_need_is_a_control_frame_not_a_request() -> None:
+    assert FrameType.NEED not in wire.REQUEST_TYPES
+    with pytest.raises(ProtocolError, match=r"NEED frame .* not a replication request"):
+        decode(encode_need(NEEDS[1]))
+    with pytest.raises(ProtocolError, match=r"ACK frame \(seq 3\) is not a NEED frame"):
+        decode_need(Frame(FrameType.ACK, 3))
+
+
+@pytest.mark.parametrize(
+    ("need", "why"),
+    [
+        (Need(1, b"f", (3, 2)), r"blocks\[1\] = 2 after 3"),
+        (Need(1, b"f", (2, 2)), r"blocks\[1\] = 2 after 2"),
+        (Need(1, b"f", (U32 + 1,)), r"blocks\[0\] = 4294967296 does not fit"),
+        (Need(1, b"f", (-1,)), r"blocks\[0\] = -1 does not fit"),
+        (Need(-1, b"f", ()), "seq -1"),
+        (Need(1, b"p" * 65536, ()), "path is 65536 bytes long"),
+    ],
+)
+def test_encode_need_refuses_what_it_cannot_carry(need: Need, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        encode_need(need)
+
+
+def test_malformed_need_frames_are_located_protocol_errors() -> None:
+    good = encode_need(Need(12, b"f", (1, 4, 9)))
+    cases = [
+        (dataclasses.replace(good, payload=good.payload[:-1]), "11 bytes is not a whole number"),
+        (
+            dataclasses.replace(good, payload=good.payload[4:8] + good.payload[:4]),
+            r"NEED frame \(seq 12\), payload field blocks\[1\]: 1 after 4",
+        ),
+        (
+            dataclasses.replace(good, header=good.header[:2]),
+            r"NEED frame \(seq 12\), header field path",
+        ),
+        (dataclasses.replace(good, header=good.header + b"x"), "1 unexpected bytes after the last"),
+        (Frame(FrameType.NEED, 12, b"\x00\x02.."), "'..'"),
+        (Frame(FrameType.NEED, 12, b"\x00\x00"), "not the directory itself"),
+    ]
+    for frame, why in cases:
+        with pytest.raises(ProtocolError, match=why):
+            decode_need(frame)
 
 
 # ---- listings split into frames ------------------------------------------------------------------
