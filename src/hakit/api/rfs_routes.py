@@ -187,9 +187,10 @@ def _full_sync(rep: Replicated, why: str) -> dict[str, Any]:
         files, size = tree_size(Path(rep.dir), matcher.excludes_entry if matcher else None)
     except LocalSystemError as exc:
         # One unreadable directory must not hide the estimates of the others.
-        return {"source": "error", "full": None, "message": f"{why}, and {exc}"}
+        return {"source": "error", "why": why, "full": None, "message": f"{why}, and {exc}"}
     return {
         "source": "full",
+        "why": why,
         "full": {"files": files, "bytes": size},
         "message": (
             f"{why}: a reintegration would be a full synchronization of {size} bytes "

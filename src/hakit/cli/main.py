@@ -20,7 +20,15 @@ import sys
 import click
 
 from hakit import __version__
-from hakit.cli import cmd_cluster, cmd_config, cmd_control, cmd_lab, cmd_module, cmd_rfs
+from hakit.cli import (
+    cmd_cluster,
+    cmd_config,
+    cmd_control,
+    cmd_lab,
+    cmd_module,
+    cmd_rfs,
+    cmd_rfsdiff,
+)
 from hakit.errors import HakitError
 
 
@@ -30,7 +38,7 @@ def cli() -> None:
     """hakit: high-availability clustering for Linux."""
 
 
-for _module in (cmd_config, cmd_cluster, cmd_module, cmd_control, cmd_lab, cmd_rfs):
+for _module in (cmd_config, cmd_cluster, cmd_module, cmd_control, cmd_lab, cmd_rfs, cmd_rfsdiff):
     for _command in _module.commands:
         cli.add_command(_command)
 
