@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -40,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hakit.replication import messages as m
+from hakit.replication.hashsync import BlockSync
+from hakit.replication.journal import DirtyJournal
 from hakit.replication.sink import MutationSink, NewNode
 from hakit.replication.transport import PeerLost, Sender
 
@@ -51,6 +55,7 @@ Exclude = Callable[[bytes, bool], bool]
 
 COPY_BLOCK = 1024 * 1024
 COPY_WINDOW = 16  # blocks in flight during a copy (flow control)
+INCREMENTAL_PASSES = 5  # the journal is read again for entries renamed during the copy
 
 
 @dataclass
@@ -67,6 +72,52 @@ class Counters:
     by_op: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
 
 
+JournalOp = tuple[str, tuple[object, ...]]
+
+
+def journal_ops(msg: m.Message) -> list[JournalOp]:
+    """The dirty-journal calls that record ``msg`` (what the peer would miss without it)."""
+    match msg:
+        case m.Create(node=node) | m.Mknod(node=node) | m.Symlink(node=node):
+            return [("created", (node.path, False))]
+        case m.Mkdir(node=node):
+            return [("created", (node.path, True))]
+        case m.Link(existing=existing, new=new):
+            return [("linked", (existing, new))]
+        case m.Unlink(path=path):
+            return [("removed", (path, False))]
+        case m.Rmdir(path=path):
+            return [("removed", (path, True))]
+        case m.Rename(old=old, new=new, flags=flags):
+            return [("renamed", (old, new, bool(flags & m.RENAME_EXCHANGE)))]
+        case m.Write(path=path, offset=offset, data=data):
+            return [("write", (path, offset, len(data)))]
+        case m.Truncate(path=path, size=size):
+            return [("truncate", (path, size))]
+        case m.Fallocate(path=path, offset=offset, length=length):
+            return [("write", (path, offset, length))]
+        case m.SetAttr(path=path) | m.SetXattr(path=path) | m.RemoveXattr(path=path):
+            return [("attrs", (path,))]
+    return []
+
+
+def record(journal: DirtyJournal, ops: list[JournalOp]) -> bool:
+    """Apply ``ops`` to the journal; True if something new must be committed."""
+    changed = False
+    for name, args in ops:
+        changed = bool(getattr(journal, name)(*args)) or changed
+    return changed
+
+
+@dataclass
+class _Sent:
+    """A request the peer acknowledged (or may) but has not reported durable yet."""
+
+    seq: int
+    ops: list[JournalOp]  # to journal if the peer is lost before it is durable
+    done: Callable[[], None] | None = None  # copy progress to record once durable
+
+
 class ReplicatingSink(MutationSink):
     """Sends every mutation to the peer and waits for its acknowledgement (module docstring)."""
 
@@ -78,7 +129,10 @@ class ReplicatingSink(MutationSink):
         locktimeout: float,
         on_out_of_date: Callable[[str], None],
         paired: bool = False,
+        journal: DirtyJournal | None = None,
     ) -> None:
+        self.journal = journal
+        self._sent: collections.deque[_Sent] = collections.deque()
         self._exclude = exclude
         self._sendtimeout = sendtimeout
         self._locktimeout = locktimeout
@@ -98,15 +152,35 @@ class ReplicatingSink(MutationSink):
         for the connection while paired)."""
         self.sender = sender
         self.current = self.paired
+        self._sent.clear()
+        sender.on_durable(self._durable)
         self._connected.set()
 
     def detach(self, reason: str) -> None:
-        """The connection is gone. A current peer misses what comes next: out of date."""
+        """The connection is gone. A current peer misses what comes next: out of date. What it
+        had not made durable is journaled (it may be lost with the peer's memory)."""
         self.sender = None
         self._connected.clear()
+        if self.journal is not None:
+            for sent in self._sent:
+                record(self.journal, sent.ops)
+        self._sent.clear()
         if self.current:
             self.current = False
             self._peer_out_of_date(reason)
+        elif self.journal is not None:
+            asyncio.get_running_loop().create_task(self.journal.commit())
+
+    def track(self, seq: int, ops: list[JournalOp], done: Callable[[], None] | None) -> None:
+        """Remember request ``seq`` until the peer reports it durable (journal only)."""
+        if self.journal is not None:
+            self._sent.append(_Sent(seq, ops, done))
+
+    def _durable(self, upto: int) -> None:
+        while self._sent and self._sent[0].seq <= upto:
+            sent = self._sent.popleft()
+            if sent.done is not None:
+                sent.done()
 
     def set_paired(self, paired: bool) -> None:
         """The engine's view of the pair changed (PRIM: paired; ALONE: not)."""
@@ -138,6 +212,13 @@ class ReplicatingSink(MutationSink):
             "generation is persisted",
             reason,
         )
+        asyncio.get_running_loop().create_task(self._report(reason))
+
+    async def _report(self, reason: str) -> None:
+        # The journal first (what the peer lacks is on disk), then the engine's new generation;
+        # only its answer releases the held requests.
+        if self.journal is not None:
+            await self.journal.commit()
         self._on_out_of_date(reason)
 
     async def _hold(self) -> None:
@@ -170,12 +251,16 @@ class ReplicatingSink(MutationSink):
         if sender is None and self.paired:
             sender = await self._wait_connection()
         if sender is None:
-            return  # ALONE: the peer is out of date already (issue 5 journals the change)
+            # ALONE: the peer is out of date; what it will need is journaled before answering.
+            await self._journal_now(msg)
+            return
         frame_type, header, payload = m.encode(msg)
         try:
             ack = sender.submit(frame_type, header, payload)
         except PeerLost:
             ack = None
+        else:
+            self.track(sender.last_seq, journal_ops(msg) if self.journal else [], None)
         self.counters.ops += 1
         self.counters.bytes += len(header) + len(payload)
         self.counters.by_op[frame_type.name] += 1
@@ -188,7 +273,12 @@ class ReplicatingSink(MutationSink):
         # The peer could not acknowledge: if it was current, detach() (called by the sender's
         # on_peer_lost) reported it; wait for the record before answering.
         await asyncio.sleep(0)
+        await self._journal_now(msg)
         await self._hold()
+
+    async def _journal_now(self, msg: m.Message) -> None:
+        if self.journal is not None and record(self.journal, journal_ops(msg)):
+            await self.journal.commit()
 
     def _excluded(self, path: bytes) -> bool:
         # Whether the path names a directory is not known here: a path is left out only if it
@@ -305,17 +395,31 @@ def _proc(fd: int) -> bytes:
 class Copier:
     """Copies the whole tree under ``root_fd`` to the peer through ``sender`` (module docstring)."""
 
-    def __init__(self, root_fd: int, sender: Sender, exclude: Exclude, counters: Counters) -> None:
+    def __init__(
+        self,
+        root_fd: int,
+        sender: Sender,
+        exclude: Exclude,
+        counters: Counters,
+        *,
+        sink: ReplicatingSink | None = None,
+        block_sync: BlockSync | None = None,
+    ) -> None:
         self._root = root_fd
         self._sender = sender
         self._exclude = exclude
         self._counters = counters
+        self._sink = sink
+        self._block_sync = block_sync
         self._prefix = os.readlink(_proc(root_fd))
         self._inflight: collections.deque[asyncio.Future[int]] = collections.deque()
 
-    def _submit(self, msg: m.Message) -> None:
+    def _submit(self, msg: m.Message, done: Callable[[], None] | None = None) -> None:
+        """Queue ``msg`` now; ``done`` runs once the peer reports it durable (copy progress)."""
         frame_type, header, payload = m.encode(msg)
         self._inflight.append(self._sender.submit(frame_type, header, payload))
+        if done is not None and self._sink is not None:
+            self._sink.track(self._sender.last_seq, [], done)
 
     async def _window(self) -> None:
         """Flow control: at most COPY_WINDOW blocks unacknowledged; lets FUSE requests run."""
@@ -372,62 +476,217 @@ class Copier:
         while pending:
             rel, dfd = pending.pop()
             try:
-                dst = os.fstat(dfd)
-                entries: list[m.DirEntry] = []
-                with os.scandir(dfd) as it:
-                    names = sorted(os.fsencode(e.name) for e in it)
-                for name in names:
-                    path = name if rel == b"" else rel + b"/" + name
-                    try:
-                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue
-                    if self._exclude(path, stat.S_ISDIR(st.st_mode)):
-                        continue
-                    target = b""
-                    link_to: bytes | None = None
-                    if stat.S_ISLNK(st.st_mode):
-                        target = os.readlink(name, dir_fd=dfd)
-                    elif stat.S_ISDIR(st.st_mode):
-                        pending.append(
-                            (
-                                path,
-                                os.open(
-                                    name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd
-                                ),
-                            )
-                        )
-                    elif stat.S_ISREG(st.st_mode):
-                        key = (st.st_dev, st.st_ino)
-                        if st.st_nlink > 1 and key in seen:
-                            link_to = seen[key]
-                        else:
-                            seen[key] = path
-                            files.append(os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dfd))
-                    entries.append(
-                        m.DirEntry(
-                            name=name,
-                            mode=st.st_mode,
-                            uid=st.st_uid,
-                            gid=st.st_gid,
-                            rdev=st.st_rdev,
-                            size=st.st_size,
-                            atime_ns=st.st_atime_ns,
-                            mtime_ns=st.st_mtime_ns,
-                            target=target,
-                            link_to=link_to,
-                        )
-                    )
-                for listing in m.dirlisting_frames(
-                    rel, dst.st_mode, dst.st_uid, dst.st_gid, tuple(entries)
-                ):
-                    self._submit(listing)
+                self._send_listing_of(rel, dfd, seen, files, pending)
             finally:
                 os.close(dfd)
         return files
 
+    def _send_listing_of(
+        self,
+        rel: bytes,
+        dfd: int,
+        seen: dict[tuple[int, int], bytes],
+        files: list[int] | None,
+        pending: list[tuple[bytes, int]] | None,
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """The DIRLIST frames of directory ``rel`` (open as ``dfd``). With ``files``/``pending``
+        (a full copy) regular files' descriptors and subdirectories are collected too."""
+        dst = os.fstat(dfd)
+        entries: list[m.DirEntry] = []
+        with os.scandir(dfd) as it:
+            names = sorted(os.fsencode(e.name) for e in it)
+        for name in names:
+            path = name if rel == b"" else rel + b"/" + name
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if self._exclude(path, stat.S_ISDIR(st.st_mode)):
+                continue
+            target = b""
+            link_to: bytes | None = None
+            if stat.S_ISLNK(st.st_mode):
+                target = os.readlink(name, dir_fd=dfd)
+            elif stat.S_ISDIR(st.st_mode) and pending is not None:
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                pending.append((path, os.open(name, flags, dir_fd=dfd)))
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in seen:
+                    link_to = seen[key]
+                else:
+                    seen[key] = path
+                    if files is not None:
+                        files.append(os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=dfd))
+            entries.append(
+                m.DirEntry(
+                    name=name,
+                    mode=st.st_mode,
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    rdev=st.st_rdev,
+                    size=st.st_size,
+                    atime_ns=st.st_atime_ns,
+                    mtime_ns=st.st_mtime_ns,
+                    target=target,
+                    link_to=link_to,
+                )
+            )
+        listings = m.dirlisting_frames(rel, dst.st_mode, dst.st_uid, dst.st_gid, tuple(entries))
+        for i, listing in enumerate(listings):
+            self._submit(listing, done if i == len(listings) - 1 else None)
+
+    # ---- incremental copy (issue 5): what the dirty-zone journal says --------------------------
+
+    async def run_incremental(
+        self, journal: DirtyJournal, kind: str, generation: str
+    ) -> tuple[int, int]:
+        """Send what ``journal`` lists (docs/design/reintegration.md §3); (files, bytes)."""
+        started = time.monotonic()
+        self._submit(m.ResyncBegin(kind, generation))
+        sent: set[tuple[bytes, int | None]] = set()
+        listed: set[bytes] = set()
+        files = copied = 0
+        for _ in range(INCREMENTAL_PASSES):
+            plan = journal.plan()
+            progress = False
+            for rel in plan.listings:
+                if rel not in listed and self._send_journaled_listing(rel, journal):
+                    listed.add(rel)
+                    progress = True
+            for rel in plan.attrs:
+                if (rel, -1) not in sent and self._send_journaled_attrs(rel, journal):
+                    sent.add((rel, -1))
+                    progress = True
+            for rel, zones in plan.files.items():
+                todo = None if zones is None else [z for z in zones if (rel, z) not in sent]
+                if (zones is None and (rel, None) in sent) or todo == []:
+                    continue
+                n = await self._copy_journaled(rel, todo, journal, plan.shrink.get(rel))
+                if n is not None:
+                    files += 1
+                    copied += n
+                    progress = True
+                    sent.update([(rel, None)] if todo is None else [(rel, z) for z in todo])
+            if not progress:
+                break
+        # Directory times last (listings and file changes inside moved them), deepest first.
+        for rel in sorted(listed, key=lambda p: -p.count(b"/")):
+            self._send_directory_times(rel)
+        self._submit(m.ResyncEnd(kind, files, copied))
+        while self._inflight:
+            await self._inflight.popleft()
+        log.info(
+            "replication: incremental copy sent: %d files, %d bytes, %d listings in %.1f s",
+            files,
+            copied,
+            len(listed),
+            time.monotonic() - started,
+        )
+        return files, copied
+
+    def _open_dir(self, rel: bytes) -> int | None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+        try:
+            return os.open(rel, flags, dir_fd=self._root) if rel else os.dup(self._root)
+        except OSError:
+            return None  # removed or renamed since: its parent's listing says so
+
+    def _send_journaled_listing(self, rel: bytes, journal: DirtyJournal) -> bool:
+        dfd = self._open_dir(rel)
+        if dfd is None:
+            return False
+        try:
+            self._send_listing_of(rel, dfd, {}, None, None, lambda: journal.done_listing(rel))
+        finally:
+            os.close(dfd)
+        return True
+
+    def _send_journaled_attrs(self, rel: bytes, journal: DirtyJournal) -> bool:
+        try:
+            fd = os.open(rel or ".", os.O_PATH | os.O_NOFOLLOW, dir_fd=self._root)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISLNK(st.st_mode):
+                with contextlib.suppress(OSError):
+                    rfd = os.open(_proc(fd), os.O_RDONLY | os.O_NOATIME)
+                    try:
+                        self._send_xattrs(rfd, rel)
+                    finally:
+                        os.close(rfd)
+            self._submit(
+                m.SetAttr(
+                    rel,
+                    mode=None if stat.S_ISLNK(st.st_mode) else stat.S_IMODE(st.st_mode),
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    atime_ns=st.st_atime_ns,
+                    mtime_ns=st.st_mtime_ns,
+                ),
+                lambda: journal.done_attrs(rel),
+            )
+        finally:
+            os.close(fd)
+        return True
+
+    async def _copy_journaled(
+        self, rel: bytes, zones: list[int] | None, journal: DirtyJournal, shrink: int | None
+    ) -> int | None:
+        """Copy the zones (None: all) of file ``rel``; None if it is not there any more."""
+        try:
+            fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME, dir_fd=self._root)
+        except OSError:
+            return None  # renamed (the journal moved its entry) or removed since
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            if zones is None:
+                return await self._copy_open_file(fd, lambda p: journal.done_file(p))
+            sent = 0
+            zone_size = journal.zone_size
+            if shrink is not None:
+                # The file was cut shorter while the peer was away: cut the peer's copy first,
+                # so bytes beyond it that were not rewritten come back as zeros, as here.
+                path = self._path_of(fd)
+                if path is not None:
+                    mtime = os.fstat(fd).st_mtime_ns
+                    self._submit(m.Truncate(path, shrink, mtime), lambda: journal.done_shrink(rel))
+            for zone in zones:
+                path = self._path_of(fd)
+                if path is None or self._exclude(path, False):
+                    return sent
+                data = os.pread(fd, zone_size, zone * zone_size)
+                st = os.fstat(fd)
+                done = _done_zone(journal, path, zone)
+                if data:
+                    self._submit(m.Write(path, zone * zone_size, st.st_mtime_ns, data), done)
+                    sent += len(data)
+                    self._counters.copied_bytes += len(data)
+                else:
+                    done()  # beyond the end now: the final size below covers it
+                await self._window()
+            path = self._path_of(fd)
+            if path is not None:
+                self._finish_file(fd, path)
+            return sent
+        finally:
+            os.close(fd)
+
+    def _send_directory_times(self, rel: bytes) -> None:
+        dfd = self._open_dir(rel)
+        if dfd is None:
+            return
+        try:
+            st = os.fstat(dfd)
+            self._submit(m.SetAttr(rel, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
+        finally:
+            os.close(dfd)
+
     async def _copy_file(self, opath_fd: int) -> int:
-        """Send one file's data ranges (holes skipped), then its size and times."""
+        """Send one file (by its O_PATH descriptor) of a full copy."""
         try:
             # Reopening through /proc: the O_PATH descriptor is a regular file (not a symlink).
             fd = os.open(_proc(opath_fd), os.O_RDONLY | os.O_NOATIME)
@@ -435,40 +694,52 @@ class Copier:
             if exc.errno in (errno.ENOENT, errno.ELOOP):
                 return 0
             raise
-        sent = 0
         try:
-            offset = 0
-            while True:
-                # Read and queue in one step (module docstring), path taken now: a rename
-                # since the last block was sent before this block.
-                path = self._path_of(fd)
-                if path is None or self._exclude(path, False):
+            if self._block_sync is not None:
+                sent = await self._block_sync.sync_file(fd, self._path_of)
+                if sent is not None:
+                    path = self._path_of(fd)
+                    if path is not None and not self._exclude(path, False):
+                        self._finish_file(fd, path)
+                    self._counters.copied_bytes += sent
                     return sent
-                try:
-                    start = os.lseek(fd, offset, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno != errno.ENXIO:
-                        raise
-                    start = -1  # no data after offset
-                data = os.pread(fd, COPY_BLOCK, start) if start >= 0 else b""
-                if not data:
-                    self._finish_file(fd, path)
-                    return sent
-                st = os.fstat(fd)
-                self._submit(m.Write(path, start, st.st_mtime_ns, data))
-                sent += len(data)
-                self._counters.copied_bytes += len(data)
-                offset = start + len(data)
-                await self._window()
+            return await self._copy_open_file(fd)
         finally:
             os.close(fd)
 
-    def _finish_file(self, fd: int, path: bytes) -> None:
+    async def _copy_open_file(self, fd: int, done: Callable[[bytes], None] | None = None) -> int:
+        """Send one open file's data ranges (holes skipped), then its size and times."""
+        sent = 0
+        offset = 0
+        while True:
+            # Read and queue in one step (module docstring), path taken now: a rename
+            # since the last block was sent before this block.
+            path = self._path_of(fd)
+            if path is None or self._exclude(path, False):
+                return sent
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                start = -1  # no data after offset
+            data = os.pread(fd, COPY_BLOCK, start) if start >= 0 else b""
+            if not data:
+                self._finish_file(fd, path, None if done is None else functools.partial(done, path))
+                return sent
+            st = os.fstat(fd)
+            self._submit(m.Write(path, start, st.st_mtime_ns, data))
+            sent += len(data)
+            self._counters.copied_bytes += len(data)
+            offset = start + len(data)
+            await self._window()
+
+    def _finish_file(self, fd: int, path: bytes, done: Callable[[], None] | None = None) -> None:
         """The file's final size, extended attributes and times (after its last block)."""
         st = os.fstat(fd)
         self._submit(m.Truncate(path, st.st_size, st.st_mtime_ns))
         self._send_xattrs(fd, path)
-        self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns))
+        self._submit(m.SetAttr(path, atime_ns=st.st_atime_ns, mtime_ns=st.st_mtime_ns), done)
 
     def _send_xattrs(self, fd: int, path: bytes) -> None:
         try:
@@ -490,17 +761,13 @@ class Copier:
     def _directory_attributes(self, rel: bytes, dfd: int) -> None:
         try:
             with os.scandir(dfd) as it:
-                subdirs = sorted(
-                    os.fsencode(e.name) for e in it if e.is_dir(follow_symlinks=False)
-                )
+                subdirs = sorted(os.fsencode(e.name) for e in it if e.is_dir(follow_symlinks=False))
             for name in subdirs:
                 path = name if rel == b"" else rel + b"/" + name
                 if self._exclude(path, True):
                     continue
                 try:
-                    child = os.open(
-                        name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd
-                    )
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dfd)
                 except OSError:
                     continue  # removed meanwhile: its RMDIR is in the stream
                 self._directory_attributes(path, child)
@@ -518,3 +785,7 @@ class Copier:
             )
         finally:
             os.close(dfd)
+
+
+def _done_zone(journal: DirtyJournal, path: bytes, zone: int) -> Callable[[], None]:
+    return lambda: journal.done_zone(path, zone)

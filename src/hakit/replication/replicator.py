@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import logging
 import os
@@ -50,12 +52,16 @@ from typing import Any
 import pyfuse3
 import pyfuse3.asyncio
 
+from hakit.daemon.files import write_atomically
 from hakit.errors import HakitError, UserConfigError
 from hakit.net.auth import load_key
 from hakit.replication import messages as m
 from hakit.replication import passthrough
-from hakit.replication.applier import Applier
+from hakit.replication.applier import Applier, HashesResult
 from hakit.replication.handshake import AuthenticationError
+from hakit.replication.hashsync import BlockSync
+from hakit.replication.journal import DirtyJournal
+from hakit.replication.keepaside import keep_aside
 from hakit.replication.manifest import NotReplicatedMatcher
 from hakit.replication.primary import Copier, ReplicatingSink
 from hakit.replication.sink import NullSink
@@ -90,6 +96,10 @@ class StartRequest:
     in_sync: bool
     generation: str = ""
     bind: str = "0.0.0.0"
+    zone_size: int = 1 << 20
+    journal: str | None = None  # the dirty-zone journal (outside the replicated tree)
+    marker: str | None = None  # exists while this node serves the directory as primary
+    divergent: str | None = None  # where split-brain data is kept aside
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> StartRequest:
@@ -120,11 +130,33 @@ class StartRequest:
                 in_sync=bool(data.get("in_sync", False)),
                 generation=str(data.get("generation", "")),
                 bind=str(data.get("bind", "0.0.0.0")),
+                zone_size=int(data.get("zone_size", 1 << 20)),
+                journal=_optional(data, "journal"),
+                marker=_optional(data, "marker"),
+                divergent=_optional(data, "divergent"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserConfigError(
                 f"replicator start message: bad or missing field: {exc}"
             ) from None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(fd: int) -> None:
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _deliver_need(block_sync: BlockSync, frame: Frame) -> None:
+    block_sync.on_need(m.decode_need(frame))
+
+
+def _optional(data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    return None if value is None else str(value)
 
 
 class Control:
@@ -182,6 +214,8 @@ class Replicator:
     receiver: Receiver | None = None
     applier: Applier | None = None
     pending_resync: str | None = None
+    _journal_lost: bool = False
+    _block_sync: BlockSync | None = None
     _copier: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _lost: asyncio.Event = field(default_factory=asyncio.Event)
@@ -216,6 +250,7 @@ class Replicator:
                 locktimeout=req.locktimeout,
                 on_out_of_date=self._out_of_date,
                 paired=req.paired,
+                journal=self._open_journal(),
             )
             self.fs = passthrough.mount(req.directory, self.sink)
         else:
@@ -223,6 +258,23 @@ class Replicator:
             self.applier = Applier(
                 os.dup(self.fs.root_fd), in_sync=req.in_sync, exclude=self.exclude
             )
+
+    def _open_journal(self) -> DirtyJournal | None:
+        """The dirty-zone journal; None (every copy is then a full one) if it is unusable."""
+        if not self.req.journal:
+            return None
+        try:
+            return DirtyJournal.open(Path(self.req.journal), zone_size=self.req.zone_size)
+        except HakitError as exc:
+            log.error("replication: %s: the next reintegration will be a full synchronization", exc)
+            # A fresh journal lacks the history: copies are full ones until the peer is current.
+            self._journal_lost = True
+            with contextlib.suppress(OSError):
+                os.replace(self.req.journal, self.req.journal + ".corrupt")
+            try:
+                return DirtyJournal.open(Path(self.req.journal), zone_size=self.req.zone_size)
+            except HakitError:
+                return None
 
     async def run(self) -> None:
         """Serve until stopped; a task that crashes ends the process with its exception."""
@@ -234,9 +286,10 @@ class Replicator:
             asyncio.create_task(self._counters_loop(), name="counters"),
         ]
         if self.req.role == "primary":
+            self._mark_primary(True)
             tasks.append(asyncio.create_task(self._connect_loop(), name="connect"))
-        else:
-            await self._start_receiver()
+        elif self.req.in_sync:
+            await self._serve()
         stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
         done, _ = await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
         failure = next(
@@ -291,7 +344,12 @@ class Replicator:
             elif op == "generation_persisted" and self.sink is not None:
                 self.sink.generation_persisted()
             elif op == "resync":
-                self._want_resync(str(msg.get("kind", "full")))
+                keep = msg.get("keep_aside")
+                await self._want_resync(
+                    str(msg.get("kind", "full")), keep if isinstance(keep, dict) else None
+                )
+            elif op == "serve":
+                await self._serve()
             else:
                 log.error("replicator: unknown control message %r", op)
 
@@ -349,6 +407,9 @@ class Replicator:
                 continue
             refused = None
             self._lost.clear()
+            block_sync = BlockSync(sender)
+            self._block_sync = block_sync
+            sender.on_need(functools.partial(_deliver_need, block_sync))
             self.sink.attach(sender)
             self.control.send("connected", peer=sender.peer.node)
             log.info("replication: connected to %s", sender.peer.node)
@@ -377,6 +438,8 @@ class Replicator:
         assert self.sink is not None
         if self._copier is not None:
             self._copier.cancel()
+        if self._block_sync is not None:
+            self._block_sync.peer_lost(reason)
         self.sink.detach(reason)
         self.control.send("disconnected", reason=reason)
         self._lost.set()
@@ -393,20 +456,49 @@ class Replicator:
 
     async def _copy(self, sender: Sender, kind: str) -> None:
         assert self.sink is not None and self.fs is not None
-        copier = Copier(self.fs.root_fd, sender, self.exclude, self.sink.counters)
+        journal = self.sink.journal
+        block_sync = self._block_sync
+        copier = Copier(
+            self.fs.root_fd,
+            sender,
+            self.exclude,
+            self.sink.counters,
+            sink=self.sink,
+            block_sync=block_sync,
+        )
         try:
-            files, sent = await copier.run(kind, self.req.generation)
+            if kind == "incremental" and journal is not None and not self._journal_lost:
+                files, sent = await copier.run_incremental(journal, kind, self.req.generation)
+            else:
+                files, sent = await copier.run(kind, self.req.generation)
+            end = sender.last_seq
+            # The peer's copy is complete once it is on its disk: then the journal restarts.
+            while sender.durable < end and not sender.lost:
+                await asyncio.sleep(0.1)
         except PeerLost as exc:
             log.info("replication: copy to the peer interrupted: %s", exc)
             return
-        if self.sink.sender is sender:
+        if self.sink.sender is sender and not sender.lost:
+            if journal is not None:
+                journal.reset()
+            self._journal_lost = False
             self.sink.copy_ended()
             self.control.send("copy_sent", files=files, bytes=sent)
 
     # ---- secondary ----------------------------------------------------------------------------
 
+    async def _serve(self) -> None:
+        """Listen for the primary (once): from now on its stream is applied here."""
+        if self.receiver is None and not self._stopping.is_set():
+            await self._start_receiver()
+
     async def _start_receiver(self) -> None:
-        receiver = Receiver(self.identity, self._apply, async_mode=self.req.async_mode)  # type: ignore[arg-type]
+        receiver = Receiver(
+            self.identity,
+            self._apply,
+            async_mode=self.req.async_mode,  # type: ignore[arg-type]
+            sync=self._sync_backing,
+        )
         receiver.on_connected = lambda peer: self._receiver_connected(peer.node)
         receiver.on_disconnected = lambda peer: self._receiver_disconnected(peer.node)
         await receiver.start(self.req.bind, self.req.port)
@@ -423,21 +515,103 @@ class Replicator:
             self.applier.in_sync = False
         self.control.send("disconnected", reason=f"{peer} closed the replication connection")
 
-    def _want_resync(self, kind: str) -> None:
-        if self.applier is None:
+    async def _want_resync(self, kind: str, keep_aside: Mapping[str, Any] | None) -> None:
+        if self.applier is None or self.fs is None:
             log.error("replication: resync asked on the primary: ignored")
             return
+        if kind == "incremental" and self.req.marker and os.path.exists(self.req.marker):
+            # This node served the directory as primary and did not stop cleanly: writes it
+            # applied but never sent may be here, unknown to the primary's journal.
+            log.warning(
+                "replication: %s was primary here and did not stop cleanly: full "
+                "synchronization (by block hashes) instead of incremental",
+                self.req.directory,
+            )
+            kind = "full"
+        if keep_aside is not None and self.receiver is None:
+            await self._keep_aside(keep_aside)
         self.pending_resync = kind
         self.applier.in_sync = False
-        if self.receiver is not None and self.receiver.connected:
+        await self._serve()
+        assert self.receiver is not None
+        if self.receiver.connected:
             self.receiver.request_resync(kind)
+
+    async def _keep_aside(self, keep: Mapping[str, Any]) -> None:
+        """Copy this node's divergent files aside before the primary's copy overwrites them."""
+        assert self.fs is not None
+        if not self.req.divergent:
+            log.error("replication: no place to keep divergent data aside: keeping nothing")
+            return
+        paths = self._journaled_paths()
+        kept = await asyncio.to_thread(
+            keep_aside,
+            self.fs.root_fd,
+            paths,
+            Path(self.req.divergent) / f"dir{self.req.index}",
+            reason=str(keep.get("reason", "")),
+            generation=str(keep.get("generation", "")),
+        )
+        self.control.send(
+            "kept_aside", directory=str(kept.directory), files=kept.files, bytes=kept.bytes
+        )
+
+    def _journaled_paths(self) -> list[bytes] | None:
+        """What this node changed on its own, from its journal; None (everything) if unknown."""
+        if not self.req.journal or not os.path.exists(self.req.journal):
+            return None
+        try:
+            journal = DirtyJournal.load_readonly(Path(self.req.journal))
+        except HakitError as exc:
+            log.warning("replication: journal unusable (%s): keeping the whole tree aside", exc)
+            return None
+        plan = journal.plan()
+        return sorted({*plan.files, *plan.attrs})
+
+    def _reset_journal(self) -> None:
+        if self.req.journal and os.path.exists(self.req.journal):
+            try:
+                journal = DirtyJournal.open(Path(self.req.journal), zone_size=self.req.zone_size)
+                journal.reset()
+                journal.close()
+            except HakitError as exc:
+                log.warning("replication: cannot reset the journal: %s", exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.req.journal)
+
+    def _sync_backing(self) -> None:
+        """Make everything applied so far durable (called in a worker thread)."""
+        assert self.applier is not None and self.fs is not None
+        _syncfs(self.fs.root_fd)
+
+    def _mark_primary(self, on: bool) -> None:
+        """The marker says "this node may hold writes the peer never got" until a clean stop."""
+        marker = self.req.marker
+        if not marker:
+            return
+        if on:
+            write_atomically(Path(marker), f"{self.req.generation}\n".encode())
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
 
     async def _apply(self, frame: Frame) -> None:
         assert self.applier is not None
         msg = m.decode(frame)
         end = self.applier.apply(msg)
+        if isinstance(end, HashesResult):
+            if self.receiver is not None:
+                self.receiver.send_control(
+                    m.encode_need(m.Need(frame.seq, end.path, tuple(end.blocks)))
+                )
+            return
         if end is not None:
+            # Durable before this node calls itself up to date.
+            await asyncio.to_thread(self._sync_backing)
             self.pending_resync = None
+            # This node now holds the primary's data: its own history is over.
+            self._mark_primary(False)
+            self._reset_journal()
             self.control.send("resync_done", kind=end.kind, files=end.files, bytes=end.bytes)
 
 
@@ -466,6 +640,10 @@ async def _main(control_fd: int) -> int:
         loop.add_signal_handler(sig, replicator.stop)
     try:
         await replicator.run()
+        if req.role == "primary":
+            # A clean stop: the application is stopped and every write was acknowledged (or
+            # journaled): nothing here is unknown to the peer's or this node's records.
+            replicator._mark_primary(False)
     finally:
         if replicator.fs is not None:
             passthrough.unmount(replicator.fs)

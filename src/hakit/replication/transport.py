@@ -127,6 +127,7 @@ class Sender:
         # of the peer cannot lose. Requests after it are journaled if the peer is lost (issue 5).
         self.durable = 0
         self._on_durable: Callable[[int], None] | None = None
+        self._on_need: Callable[[Frame], None] | None = None
         self._reader = reader
         self._writer = writer
         self._batch = _Batcher(writer)
@@ -239,6 +240,11 @@ class Sender:
         """The sequence number of the last request submitted."""
         return self._seq
 
+    def on_need(self, callback: Callable[[Frame], None] | None) -> None:
+        """Call ``callback(frame)`` for each ``NEED`` frame (block-hash sync); it may raise
+        ProtocolError, which makes the peer lost."""
+        self._on_need = callback
+
     def on_durable(self, callback: Callable[[int], None] | None) -> None:
         """Call ``callback(seq)`` whenever the peer reports requests up to ``seq`` durable."""
         self._on_durable = callback
@@ -320,6 +326,8 @@ class Sender:
                     self._batch.queue(encode_frame(Frame(FrameType.PONG)))
                 elif frame.type is FrameType.RESYNC_REQUEST and self._on_resync_request:
                     self._on_resync_request(frame.header.decode("utf-8", "replace"))
+                elif frame.type is FrameType.NEED and self._on_need is not None:
+                    self._on_need(frame)
                 elif frame.type is not FrameType.PONG:
                     raise ProtocolError(f"unexpected {frame.type.name} frame from the receiver")
         except asyncio.IncompleteReadError:
@@ -547,6 +555,13 @@ class Receiver:
     def connected(self) -> bool:
         """True while an authenticated peer connection is being served."""
         return self._current is not None
+
+    def send_control(self, frame: Frame) -> bool:
+        """Queue a control frame to the connected primary; False if none is connected."""
+        if self._current is None:
+            return False
+        self._current.send_control(frame)
+        return True
 
     def request_resync(self, kind: str) -> bool:
         """Ask the connected primary to copy its tree to us; False if no peer is connected."""
