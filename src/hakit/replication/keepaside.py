@@ -7,7 +7,8 @@ saw), the resync makes this node's replicated directories identical to the prima
 written here alone would be lost. The mirror automaton therefore emits ``PreserveDivergentData``
 right before ``StartResync`` (the application is stopped by then) and :func:`keep_aside` copies
 those files, from the directory's *backing* tree (the real directory under the replication mount,
-reached through the descriptor the replicator holds), into a set outside every replicated tree::
+reached through the descriptor the replicator holds), into a set outside every replicated tree
+(:func:`hakit.replication.locations.divergent_dir`)::
 
     <dest>/20261122T061502Z-node1.3.7/     (UTC time, then the generation written alone; 0700)
         KEPT-ASIDE.json                    reason, generation, time, files, bytes, paths
@@ -17,7 +18,9 @@ What a copy keeps: content (sparse files stay sparse: only the data ranges that 
 ``SEEK_HOLE`` report are copied), permission bits, owner, access and modification times, symlinks
 (as symlinks), special files, hard links *between the copied names*, and extended attributes (best
 effort: a filesystem or namespace that refuses one does not stop the copy). Paths that no longer
-exist are skipped and listed as such.
+exist are skipped and listed as such. Which paths: those the node's own dirty-zone journal names
+(:func:`divergent_paths`), or the whole tree when there is no journal to say (a node that
+diverged without one, or whose journal is damaged).
 
 The tree is walked one component at a time through directory descriptors opened with
 ``O_NOFOLLOW``: a symlink inside the replicated tree is copied as a link, never followed, so
@@ -45,6 +48,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hakit.errors import LocalSystemError
+from hakit.replication.journal import Plan
 from hakit.replication.manifest import display, sort_key
 
 MANIFEST_NAME = "KEPT-ASIDE.json"
@@ -69,6 +73,22 @@ class KeptAside:
     directory: Path
     files: int
     bytes: int
+
+    def describe(self) -> str:
+        """The event as the module log reports it (who, what, where, what to do next)."""
+        plural = "" if self.files == 1 else "s"
+        return (
+            f"Divergent data kept aside: {self.files} file{plural} ({self.bytes} bytes) in "
+            f"{self.directory}; merge what must be kept into the primary's data, then delete it"
+        )
+
+
+def divergent_paths(plan: Plan) -> list[bytes]:
+    """What to keep aside from a node's own dirty-zone journal: the files written while its peer
+    did not see them (created, written or truncated). Removed files are gone already, and
+    attribute-only changes are not data: neither is kept. Never the root (``b""`` would mean the
+    whole tree): the caller passes ``None`` for that."""
+    return [path for path in plan.files if path]
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ import pytest
 from hakit.errors import LocalSystemError
 from hakit.paths import NodePaths
 from hakit.replication import keepaside
+from hakit.replication.journal import Plan
 from hakit.replication.keepaside import (
     FILES_DIR,
     MANIFEST_NAME,
     KeptAside,
+    divergent_paths,
     keep_aside,
     list_kept_aside,
 )
@@ -158,9 +160,14 @@ def test_a_symlinked_directory_in_the_tree_is_not_followed(
     os.symlink(tmp_path / "elsewhere", tree / "via")
     kept = _keep(root_fd, [b"via/secret", b"via"], dest)
     copy = kept.directory / FILES_DIR
+    assert (copy / "via").is_symlink()
     assert os.readlink(copy / "via") == str(tmp_path / "elsewhere")
-    assert not (copy / "via").is_dir() or (copy / "via").is_symlink()
     assert json.loads((kept.directory / MANIFEST_NAME).read_text())["paths"] == ["via"]
+    # Through a symlinked parent, the path is not in the tree: skipped, nothing copied.
+    alone = _keep(root_fd, [b"via/secret"], dest)
+    names = [f for _, _, files in os.walk(alone.directory / FILES_DIR) for f in files]
+    assert names == [] and alone.files == 0
+    assert json.loads((alone.directory / MANIFEST_NAME).read_text())["skipped"] == ["via/secret"]
 
 
 def test_dotdot_is_refused(root_fd: int, dest: Path) -> None:
@@ -276,3 +283,20 @@ def test_extended_attributes_are_kept(root_fd: int, tree: Path, dest: Path) -> N
     copy = _keep(root_fd, [b"top", b"app/conf"], dest).directory / FILES_DIR
     assert os.getxattr(copy / "top", "user.origin") == b"node2"
     assert os.getxattr(copy / "app", "user.kind") == b"dir"
+
+
+def test_divergent_paths_are_the_journal_files() -> None:
+    plan = Plan(
+        listings=[b"", b"app"],
+        attrs=[b"", b"app/conf"],
+        files={b"app/db/rows": [0, 3], b"top": None, b"": None},
+    )
+    assert divergent_paths(plan) == [b"app/db/rows", b"top"]
+
+
+def test_describe_is_the_module_log_line(root_fd: int, dest: Path) -> None:
+    kept = _keep(root_fd, [b"top"], dest)
+    assert kept.describe() == (
+        f"Divergent data kept aside: 1 file (3 bytes) in {kept.directory}; merge what must be "
+        "kept into the primary's data, then delete it"
+    )
