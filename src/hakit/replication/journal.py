@@ -82,9 +82,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import glob
 import logging
 import os
 import struct
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -105,6 +107,7 @@ _U16 = struct.Struct("<H")
 _U64 = struct.Struct("<Q")
 _MAX_PATH = 0xFFFF
 _MAX_BODY = 1 + 2 * (2 + _MAX_PATH) + 2 * 8  # the largest record a writer can produce
+_TMP_SUFFIX = ".tmp"
 
 
 class JournalCorrupt(LocalSystemError):
@@ -598,9 +601,10 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_temp(path: Path, content: bytes) -> Path:
-    """Write ``content`` to a temporary file next to ``path`` and fsync it."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    """Write ``content`` to a new temporary file next to ``path`` and fsync it. Each call gets its
+    own name: a reset may write one while a compaction is writing another."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=_TMP_SUFFIX)
+    tmp = Path(name)
     try:
         _write_all(fd, content)
         os.fsync(fd)
@@ -674,6 +678,8 @@ class DirtyJournal:
             raise ValueError(f"journal zone size must be in 1..2**32-1, not {zone_size}")
         path = Path(path)
         try:
+            for stale in path.parent.glob(glob.escape(path.name) + ".*" + _TMP_SUFFIX):
+                stale.unlink()  # a rewrite interrupted by a crash: the journal itself is intact
             if not path.exists():
                 tmp = _write_temp(path, _header(zone_size, os.urandom(16)))
                 os.rename(tmp, path)
@@ -764,7 +770,12 @@ class DirtyJournal:
             self._recorded += 1
         return changed
 
-    def _writable(self) -> None:
+    def _writable(self, *paths: bytes) -> None:
+        """Refuse to record on a closed or read-only journal, or a path the format cannot hold
+        (checked before the state changes, so memory and file never disagree)."""
+        for path in paths:
+            if len(path) > _MAX_PATH:
+                raise ValueError(f"journal: path longer than {_MAX_PATH} bytes: {path[:64]!r}...")
         if self._closed:
             raise LocalSystemError(f"dirty-zone journal {self.path} is closed")
         if self._fd is None:
@@ -776,7 +787,9 @@ class DirtyJournal:
         """``length`` bytes were written at ``offset`` of the file ``path``."""
         if length <= 0:
             return False
-        self._writable()
+        if offset < 0:
+            raise ValueError(f"journal: negative write offset {offset} for {path!r}")
+        self._writable(path)
         zs = self._state.zone_size
         first, last = offset // zs, (offset + length - 1) // zs
         return self._record(self._state.add_zones(path, first, last), _Rec.WRITE, path, first, last)
@@ -784,44 +797,46 @@ class DirtyJournal:
     def truncate(self, path: bytes, size: int) -> bool:
         """The file's size was set to ``size``: size and attributes dirty, and the zone holding the
         new end; the peer's copy must be cut to the smallest such size (``Plan.shrink``)."""
-        self._writable()
+        if size < 0:
+            raise ValueError(f"journal: negative size {size} for {path!r}")
+        self._writable(path)
         return self._record(self._state.truncate(path, size), _Rec.TRUNCATE, path, size)
 
     def created(self, path: bytes, is_dir: bool) -> bool:
         """A node was created: a file is copied whole, a directory's listing is dirty, and so is
         the parent's listing. (Symlinks and special files are "files": recreated entirely.)"""
-        self._writable()
+        self._writable(path)
         rec = _Rec.CREATED_DIR if is_dir else _Rec.CREATED_FILE
         return self._record(self._state.created(path, is_dir), rec, path)
 
     def removed(self, path: bytes, is_dir: bool) -> bool:
         """A node was removed: its parent's listing is dirty; what was known at or under it is
         forgotten. (``is_dir`` is accepted for symmetry; the effect is the same.)"""
-        self._writable()
+        self._writable(path)
         return self._record(self._state.removed(path), _Rec.REMOVED, path)
 
     def renamed(self, old: bytes, new: bytes, exchange: bool = False) -> bool:
         """``old`` was renamed to ``new``: both parents' listings are dirty and what was known at
         or under ``old`` now lives at or under ``new`` (what ``new`` had is dropped: it was
         replaced). With ``exchange`` the two subtrees swap instead."""
-        self._writable()
+        self._writable(old, new)
         if exchange:
             return self._record(self._state.exchanged(old, new), _Rec.EXCHANGED, old, new)
         return self._record(self._state.renamed(old, new), _Rec.RENAMED, old, new)
 
     def linked(self, existing: bytes, new: bytes) -> bool:
         """A hard link ``new`` to ``existing`` was made: ``new``'s parent listing is dirty."""
-        self._writable()
+        self._writable(existing, new)
         return self._record(self._state.linked(new), _Rec.LINKED, existing, new)
 
     def attrs(self, path: bytes) -> bool:
         """Mode, owner, times or extended attributes of ``path`` changed."""
-        self._writable()
+        self._writable(path)
         return self._record(self._state.add_attrs(path), _Rec.ATTRS, path)
 
     def whole(self, path: bytes) -> bool:
         """The file ``path`` must be copied entirely."""
-        self._writable()
+        self._writable(path)
         return self._record(self._state.add_whole(path), _Rec.WHOLE, path)
 
     # ---- progress -------------------------------------------------------------------------------
@@ -829,28 +844,30 @@ class DirtyJournal:
     def done_zone(self, path: bytes, zone: int) -> None:
         """Zone ``zone`` of ``path`` is on the peer. The file stays in the plan (its size) until
         :meth:`done_file`."""
-        self._writable()
+        self._writable(path)
+        if zone < 0:
+            return  # never dirty
         self._record(self._state.done_zone(path, zone), _Rec.DONE_ZONE, path, zone)
 
     def done_file(self, path: bytes) -> None:
         """The file ``path`` is entirely on the peer (zones, shrink and size)."""
-        self._writable()
+        self._writable(path)
         self._record(self._state.done_file(path), _Rec.DONE_FILE, path)
 
     def done_shrink(self, path: bytes) -> None:
         """The peer's copy of ``path`` was truncated to ``Plan.shrink[path]``. Report it before
         any of the file's zones: truncating again after a zone was copied would lose it."""
-        self._writable()
+        self._writable(path)
         self._record(self._state.done_shrink(path), _Rec.DONE_SHRINK, path)
 
     def done_listing(self, path: bytes) -> None:
         """The listing of the directory ``path`` is on the peer."""
-        self._writable()
+        self._writable(path)
         self._record(self._state.done_listing(path), _Rec.DONE_LISTING, path)
 
     def done_attrs(self, path: bytes) -> None:
         """The attributes of ``path`` are on the peer."""
-        self._writable()
+        self._writable(path)
         self._record(self._state.done_attrs(path), _Rec.DONE_ATTRS, path)
 
     # ---- reading --------------------------------------------------------------------------------
@@ -917,7 +934,10 @@ class DirtyJournal:
             self._buffer.clear()
             seq = self._recorded
             fd = self._fd
-            assert fd is not None
+            if fd is None:
+                raise LocalSystemError(
+                    f"dirty-zone journal {self.path} was closed while committing"
+                )
             if self._should_compact(len(data)):
                 await self._compact()
             elif data:

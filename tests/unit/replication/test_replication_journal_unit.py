@@ -740,3 +740,67 @@ def test_model_based_random_operations(
     j = reopen(j)
     assert as_tuple(j.plan()) == model.plan()
     j.close()
+
+
+def test_a_reset_during_a_compaction_wins(jpath: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jmod, "COMPACT_MIN_BYTES", 1024)
+    j = DirtyJournal.open(jpath, zone_size=ZS)
+    for i in range(40):  # ~2 KiB of records that cancel out: the next commit compacts
+        j.write(b"f", i * ZS, 1)
+        j.done_zone(b"f", i)
+    entered = threading.Event()
+    release = threading.Event()
+    real = os.fsync
+
+    def blocking(fd: int) -> None:
+        if threading.current_thread() is not threading.main_thread() and not entered.is_set():
+            entered.set()  # the compaction's temporary file is written, not yet renamed
+            release.wait()
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", blocking)
+
+    async def main() -> None:
+        flush = asyncio.create_task(j.commit())
+        await asyncio.to_thread(entered.wait)
+        j.reset()
+        assert j.write(b"after", 0, 1)
+        release.set()
+        await flush
+        await j.commit()
+
+    asyncio.run(main())
+    assert j.plan().files == {b"after": [0]}
+    assert not list(jpath.parent.glob("*.tmp"))  # the stale snapshot was thrown away
+    j = reopen(j)
+    assert j.plan().files == {b"after": [0]}
+    j.close()
+
+
+def test_open_removes_temporary_files_left_by_a_crash(jpath: Path) -> None:
+    DirtyJournal.open(jpath).close()
+    stale = jpath.with_name(jpath.name + ".abc123.tmp")
+    stale.write_bytes(b"half a snapshot")
+    other = jpath.with_name("other.journal.abc.tmp")  # another directory's journal: kept
+    other.write_bytes(b"")
+    DirtyJournal.open(jpath).close()
+    assert not stale.exists()
+    assert other.exists()
+
+
+def test_invalid_arguments_change_nothing(journal: DirtyJournal) -> None:
+    with pytest.raises(ValueError, match="negative write offset"):
+        journal.write(b"f", -1, 10)
+    with pytest.raises(ValueError, match="negative size"):
+        journal.truncate(b"f", -1)
+    with pytest.raises(ValueError, match="path longer"):
+        journal.created(b"x" * 70000, is_dir=False)
+    assert journal.empty
+    commit(journal)
+    assert journal.file_size == HEADER
+
+
+def test_a_closed_journal_refuses_to_record(journal: DirtyJournal) -> None:
+    journal.close()
+    with pytest.raises(LocalSystemError, match="is closed"):
+        journal.attrs(b"f")
