@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -300,3 +301,18 @@ def test_describe_is_the_module_log_line(root_fd: int, dest: Path) -> None:
         f"Divergent data kept aside: 1 file (3 bytes) in {kept.directory}; merge what must be "
         "kept into the primary's data, then delete it"
     )
+
+
+def test_a_really_full_filesystem(root_fd: int, tree: Path, tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    (tree / "big").write_bytes(os.urandom(MIB))
+    mount = ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)]
+    if not ROOT or subprocess.run(mount, capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (and mount permission)")
+    try:
+        with pytest.raises(LocalSystemError, match=r"no space left while writing .*files/big"):
+            _keep(root_fd, [b"top", b"big"], small / "divergent")
+        assert list((small / "divergent").iterdir()) == []  # the partial set is gone
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
