@@ -196,16 +196,22 @@ def _parent(path: bytes) -> bytes | None:
     return b"" if cut < 0 else path[:cut]
 
 
-def _under(path: bytes, top: bytes) -> bool:
-    """Whether ``path`` is ``top`` or inside it."""
-    return not top or path == top or path.startswith(top + b"/")
-
-
 def _moved(path: bytes, old: bytes, new: bytes) -> bytes:
     """``path`` (at or under ``old``) renamed to live at or under ``new``."""
     if not old:
         return new + b"/" + path if path else new
     return new + path[len(old) :]
+
+
+@dataclass
+class _Entry:
+    """Everything recorded about one path (moved as a unit by renames)."""
+
+    in_files: bool
+    zones: set[int] | None
+    shrink: int | None
+    listing: bool
+    attrs: bool
 
 
 def path_sort_key(path: bytes) -> list[bytes]:
@@ -218,7 +224,12 @@ class _State:
 
     Each operation returns whether the state changed: a record is written only then, and replay
     applies the same operations in the same order, so the state after replay equals the state
-    before the crash, up to the last record written."""
+    before the crash, up to the last record written.
+
+    ``below`` counts, for each directory, the known paths (named by any of the four tables)
+    strictly inside it, so removing or renaming a node that has nothing recorded underneath (an
+    ``rm -rf`` removes the leaves first) touches only its own entries instead of scanning every
+    path the journal knows."""
 
     def __init__(self, zone_size: int) -> None:
         self.zone_size = zone_size
@@ -226,37 +237,72 @@ class _State:
         self.shrink: dict[bytes, int] = {}
         self.listings: set[bytes] = set()
         self.attrs: set[bytes] = set()
+        self.below: dict[bytes, int] = {}
 
     def empty(self) -> bool:
         return not (self.files or self.shrink or self.listings or self.attrs)
 
+    # ---- the subtree index ----------------------------------------------------------------------
+
+    def _known(self, path: bytes) -> bool:
+        return (
+            path in self.files or path in self.shrink or path in self.listings or path in self.attrs
+        )
+
+    def _index(self, path: bytes, delta: int) -> None:
+        parent = _parent(path)
+        while parent is not None:
+            count = self.below.get(parent, 0) + delta
+            if count:
+                self.below[parent] = count
+            else:
+                del self.below[parent]
+            parent = _parent(parent)
+
+    def _added(self, path: bytes, was_known: bool) -> None:
+        if not was_known:
+            self._index(path, +1)
+
+    def _removed(self, path: bytes) -> None:
+        if not self._known(path):
+            self._index(path, -1)
+
     # ---- additions ------------------------------------------------------------------------------
 
     def add_zones(self, path: bytes, first: int, last: int) -> bool:
-        zones = self.files.get(path, ())
-        if zones is None:
-            return False  # whole already
-        if first == last and first in zones:
-            return False  # the hot path: a rewrite of a dirty zone
-        if not isinstance(zones, set):
-            zones = self.files[path] = set()
-            before = -1
-        else:
+        if path in self.files:
+            zones = self.files[path]
+            if zones is None:
+                return False  # whole already
+            if first == last:
+                if first in zones:
+                    return False  # the hot path: a rewrite of a dirty zone
+                zones.add(first)
+                return True
             before = len(zones)
-        zones.update(range(first, last + 1))
-        return len(zones) != before
+            zones.update(range(first, last + 1))
+            return len(zones) != before
+        was_known = self._known(path)
+        self.files[path] = set(range(first, last + 1))
+        self._added(path, was_known)
+        return True
 
     def add_file(self, path: bytes) -> bool:
         if path in self.files:
             return False
+        was_known = self._known(path)
         self.files[path] = set()
+        self._added(path, was_known)
         return True
 
     def add_whole(self, path: bytes) -> bool:
-        self.shrink.pop(path, None)  # a whole copy replaces the peer's file entirely
+        # A whole copy replaces the peer's file entirely: no shrink needed (the path stays known).
+        shrunk = self.shrink.pop(path, None) is not None
         if path in self.files and self.files[path] is None:
-            return False
+            return shrunk  # never both: add_shrink refuses a whole file
+        was_known = shrunk or self._known(path)
         self.files[path] = None
+        self._added(path, was_known)
         return True
 
     def add_shrink(self, path: bytes, size: int) -> bool:
@@ -265,19 +311,25 @@ class _State:
         known = self.shrink.get(path)
         if known is not None and known <= size:
             return False
+        was_known = self._known(path)
         self.shrink[path] = size
+        self._added(path, was_known)
         return True
 
     def add_listing(self, path: bytes | None) -> bool:
         if path is None or path in self.listings:
             return False
+        was_known = self._known(path)
         self.listings.add(path)
+        self._added(path, was_known)
         return True
 
     def add_attrs(self, path: bytes) -> bool:
         if path in self.attrs:
             return False
+        was_known = self._known(path)
         self.attrs.add(path)
+        self._added(path, was_known)
         return True
 
     # ---- operations -----------------------------------------------------------------------------
@@ -296,22 +348,22 @@ class _State:
 
     def removed(self, path: bytes) -> bool:
         changed = self.add_listing(_parent(path))
-        return self._drop_under(path) or changed
+        return bool(self._take(self._subtree(path))) or changed
 
     def renamed(self, old: bytes, new: bytes) -> bool:
         changed = self.add_listing(_parent(old))
         changed = self.add_listing(_parent(new)) or changed
         if old == new:
             return changed
-        changed = self._drop_under(new) or changed
-        return self._move_under({old: new}) or changed
+        changed = bool(self._take(self._subtree(new))) or changed  # the replaced target
+        return self._move({old: new}) or changed
 
     def exchanged(self, old: bytes, new: bytes) -> bool:
         changed = self.add_listing(_parent(old))
         changed = self.add_listing(_parent(new)) or changed
         if old == new:
             return changed
-        return self._move_under({old: new, new: old}) or changed
+        return self._move({old: new, new: old}) or changed
 
     def linked(self, new: bytes) -> bool:
         return self.add_listing(_parent(new))
@@ -322,68 +374,85 @@ class _State:
         zones = self.files.get(path)
         if zones is None or zone not in zones:
             return False
-        zones.discard(zone)
+        zones.discard(zone)  # the file stays known: its size still has to be set
         return True
 
     def done_file(self, path: bytes) -> bool:
-        shrunk = self.shrink.pop(path, None) is not None
-        return self.files.pop(path, ()) != () or shrunk
+        if path not in self.files and path not in self.shrink:
+            return False
+        self.files.pop(path, None)
+        self.shrink.pop(path, None)
+        self._removed(path)
+        return True
 
     def done_listing(self, path: bytes) -> bool:
         if path not in self.listings:
             return False
         self.listings.discard(path)
+        self._removed(path)
         return True
 
     def done_attrs(self, path: bytes) -> bool:
         if path not in self.attrs:
             return False
         self.attrs.discard(path)
+        self._removed(path)
         return True
 
     def done_shrink(self, path: bytes) -> bool:
-        return self.shrink.pop(path, None) is not None
+        if path not in self.shrink:
+            return False
+        del self.shrink[path]
+        self._removed(path)
+        return True
 
     # ---- subtree moves --------------------------------------------------------------------------
 
-    def _drop_under(self, top: bytes) -> bool:
-        changed = False
-        for table in (self.files, self.shrink):
-            for key in [k for k in table if _under(k, top)]:
-                del table[key]
-                changed = True
-        for names in (self.listings, self.attrs):
-            gone = {k for k in names if _under(k, top)}
-            if gone:
-                names -= gone
-                changed = True
-        return changed
+    def _subtree(self, top: bytes) -> set[bytes]:
+        """The known paths at or under ``top``."""
+        found = {top} if self._known(top) else set()
+        if self.below.get(top):
+            prefix = top + b"/" if top else b""
+            for table in (self.files, self.shrink, self.listings, self.attrs):
+                found.update(k for k in table if k.startswith(prefix))
+        return found
 
-    def _move_under(self, moves: dict[bytes, bytes]) -> bool:
+    def _take(self, paths: Iterable[bytes]) -> dict[bytes, _Entry]:
+        """Remove every record of ``paths``; return them."""
+        taken: dict[bytes, _Entry] = {}
+        for path in paths:
+            taken[path] = _Entry(
+                in_files=path in self.files,
+                zones=self.files.pop(path, None),
+                shrink=self.shrink.pop(path, None),
+                listing=path in self.listings,
+                attrs=path in self.attrs,
+            )
+            self.listings.discard(path)
+            self.attrs.discard(path)
+            self._index(path, -1)
+        return taken
+
+    def _put(self, path: bytes, entry: _Entry) -> None:
+        was_known = self._known(path)
+        if entry.in_files:
+            self.files[path] = entry.zones
+        if entry.shrink is not None:
+            self.shrink[path] = entry.shrink
+        if entry.listing:
+            self.listings.add(path)
+        if entry.attrs:
+            self.attrs.add(path)
+        self._added(path, was_known)
+
+    def _move(self, moves: dict[bytes, bytes]) -> bool:
         """Rename every path at or under a key of ``moves`` to live under its value, all at once
         (an exchange is ``{a: b, b: a}``)."""
-
-        def target(path: bytes) -> bytes | None:
-            for old, new in moves.items():
-                if _under(path, old):
-                    return _moved(path, old, new)
-            return None
-
-        changed = False
-        for table in (self.files, self.shrink):
-            moving = {k: t for k in table if (t := target(k)) is not None}
-            if moving:
-                values = {k: table.pop(k) for k in moving}
-                for k, value in values.items():
-                    table[moving[k]] = value  # type: ignore[assignment]
-                changed = True
-        for names in (self.listings, self.attrs):
-            moving = {k: t for k in names if (t := target(k)) is not None}
-            if moving:
-                names.difference_update(moving)
-                names.update(moving.values())
-                changed = True
-        return changed
+        taken = {old: self._take(self._subtree(old)) for old in moves}
+        for old, entries in taken.items():
+            for path, entry in entries.items():
+                self._put(_moved(path, old, moves[old]), entry)
+        return any(taken.values())
 
     def rezone(self, new_size: int) -> None:
         """Express the dirty zones in another zone size (covering at least the same bytes)."""

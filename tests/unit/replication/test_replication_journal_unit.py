@@ -716,6 +716,17 @@ def _random_step(rng: random.Random, j: DirtyJournal, model: Model, paths: list[
     return op
 
 
+def _expected_index(plan: Plan) -> dict[bytes, int]:
+    """Per directory, how many recorded paths lie strictly inside it (the journal's index)."""
+    known = set(plan.files) | set(plan.shrink) | set(plan.listings) | set(plan.attrs)
+    below: dict[bytes, int] = {}
+    for path in known:
+        while path:
+            path = _parent(path)
+            below[path] = below.get(path, 0) + 1
+    return below
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_model_based_random_operations(
     seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -729,6 +740,7 @@ def test_model_based_random_operations(
     for step in range(600):
         op = _random_step(rng, j, model, paths)
         assert as_tuple(j.plan()) == model.plan(), f"seed {seed} step {step} after {op}"
+        assert j._state.below == _expected_index(j.plan()), f"seed {seed} step {step} index"
         assert j.empty == (not any(model.plan()))
         if rng.random() < 0.3:
             commit(j)
