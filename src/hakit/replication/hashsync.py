@@ -80,6 +80,11 @@ class Submitter(Protocol):
         """Number and queue one request now; the future is its acknowledgement (its seq)."""
         ...
 
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last request submitted."""
+        ...
+
 
 # ---- digests (both sides) ------------------------------------------------------------------------
 
@@ -201,10 +206,8 @@ class BlockSync:
         self._block_size = block_size
         self._window = window
         self._max_digests = max_digests
-        # HASHES requests submitted whose seq (learnt from the ack) is not known yet, and the
-        # NEEDs that arrived before it (async="none" acknowledges after the answer left).
-        self._unpaired = 0
-        self._early: dict[int, m.Need] = {}
+        # HASHES requests waiting for their NEED, by seq (registered as they are submitted: with
+        # async="none" the NEED leaves the secondary before the HASHES' ack).
         self._waiting: dict[int, tuple[m.Hashes, asyncio.Future[m.Need]]] = {}
         self._lost: PeerLost | None = None
         self.files = 0
@@ -217,17 +220,16 @@ class BlockSync:
 
     def on_need(self, need: m.Need) -> None:
         """A ``NEED`` arrived. ProtocolError if it answers no ``HASHES`` in flight or does not
-        fit it (called from the sender's read loop, that makes the peer lost)."""
-        pending = self._waiting.pop(need.seq, None)
-        if pending is not None:
-            hashes, future = pending
-            _check_need(need, hashes)
-            if not future.done():
-                future.set_result(need)
-            return
-        if len(self._early) >= self._unpaired or need.seq in self._early:
+        fit it: called from the sender's read loop, that makes the peer lost (and the file
+        waiting for it fails with PeerLost through :meth:`peer_lost`)."""
+        pending = self._waiting.get(need.seq)
+        if pending is None:
             raise ProtocolError(f"NEED #{need.seq} for {need.path!r} answers no HASHES request")
-        self._early[need.seq] = need
+        hashes, future = pending
+        _check_need(need, hashes)  # on error the file stays waiting: peer_lost() fails it
+        del self._waiting[need.seq]
+        if not future.done():
+            future.set_result(need)
 
     def peer_lost(self, reason: str) -> None:
         """The connection is gone: a file waiting for its NEED fails with PeerLost(reason)."""
@@ -248,7 +250,7 @@ class BlockSync:
         peer's file must exist with the size the listing gave it. Returns the WRITE data bytes
         sent, or None (nothing sent) for a file of less than two blocks: the caller sends it
         whole. The file's xattrs and times are the caller's. Raises PeerLost if the peer goes away
-        (its ack or its NEED will not come), ProtocolError if its NEED does not fit the HASHES."""
+        (its ack or its NEED will not come) or answers with a NEED that does not fit."""
         size = os.fstat(fd).st_size
         block_size = block_size_for(size, self._block_size, self._max_digests)
         if size < 2 * block_size:
@@ -275,24 +277,19 @@ class BlockSync:
         """Send HASHES and wait for its NEED."""
         frame_type, header, payload = m.encode(hashes)
         ack = self._sender.submit(frame_type, header, payload)
+        seq = self._sender.last_seq
         self.digest_bytes += len(payload)
-        self._unpaired += 1
-        try:
-            seq = await ack
-        finally:
-            self._unpaired -= 1
-        early = self._early.pop(seq, None)
-        if early is not None:
-            _check_need(early, hashes)
-            return early
-        if self._lost is not None:
-            raise self._lost
         future: asyncio.Future[m.Need] = asyncio.get_running_loop().create_future()
         self._waiting[seq] = (hashes, future)
         try:
+            await ack  # the sender's PeerLost if the peer cannot even acknowledge it
             return await future
         finally:
             self._waiting.pop(seq, None)
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # the ack's PeerLost was raised instead: this one is seen
 
     async def _send(
         self, fd: int, path_of: PathOf, hashes: m.Hashes, blocks: tuple[int, ...]
