@@ -38,15 +38,19 @@ the journal names instead of the whole tree, and it can stop and resume at any p
   to a full synchronization.
 * **Crash safety.** The journal is append-only and each record carries its length and CRC-32, so a
   crash while appending leaves at most a torn *last* batch: replay drops the torn tail (a bad
-  record that reaches the end of the file, or after which only zeros follow, as delayed allocation
-  leaves the pages of an append that did not reach the disk) and truncates the file there. A bad record followed by other data, or a
-  bad header, is corruption: :class:`JournalCorrupt` names the file and offset and the caller
-  falls back to a full synchronization. Every record that was part of a completed commit survives,
+  record that reaches the end of the file, or after which only zeros follow, as delayed
+  allocation leaves the pages of an append that did not reach the disk) and truncates the file
+  there. A bad record followed by other data, or a bad header, is corruption:
+  :class:`JournalCorrupt` names the file and offset and the caller falls back to a full
+  synchronization. Every record that was part of a completed commit survives,
   because nothing returned to the application before its record was synced.
 * **Compaction.** When the file grows beyond 1 MiB and 4 times the size of a fresh snapshot of the
   live state, the next commit rewrites it from memory (temporary file, fsync, rename, fsync of the
-  directory), so a long ALONE period rewriting the same zones keeps a small file. :meth:`reset`
-  replaces it the same way with an empty journal when the peer holds everything again.
+  directory), so a long ALONE period rewriting the same zones keeps a small file. Measuring a
+  snapshot costs as much as writing one, so it is measured again only once the file has grown
+  past 4 times the last measurement: the file stays within 4 times the largest live state seen
+  (plus 1 MiB). :meth:`reset` replaces it the same way with an empty journal when the peer holds
+  everything again.
 
 Format (little endian)
 ----------------------
@@ -677,6 +681,9 @@ def _write_temp(path: Path, content: bytes) -> Path:
     try:
         _write_all(fd, content)
         os.fsync(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
     return tmp
@@ -1084,10 +1091,24 @@ class DirtyJournal:
         self._size = self._snapshot_hint = len(header)
 
     def close(self) -> None:
-        """Release the file. Records not committed are lost (the caller did not wait for them)."""
+        """Release the file, first writing and syncing what was recorded but not committed (so
+        progress survives a clean stop). While a commit is in flight this is skipped (appending
+        now could overtake that batch): await :meth:`commit` before closing to keep everything."""
         if self._closed:
             return
         self._closed = True
-        if self._fd is not None:
-            self._retire(self._fd)
-            self._fd = None
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._buffer and self._flush_task is None and self._failed is None:
+            try:
+                _append_and_sync(fd, bytes(self._buffer))
+            except OSError as exc:
+                log.error(
+                    "dirty-zone journal %s: records not committed before close are lost (%s); "
+                    "they are re-copied or the peer gets a full synchronization",
+                    self.path,
+                    exc,
+                )
+            self._buffer.clear()
+        self._retire(fd)

@@ -816,3 +816,15 @@ def test_a_closed_journal_refuses_to_record(journal: DirtyJournal) -> None:
     journal.close()
     with pytest.raises(LocalSystemError, match="is closed"):
         journal.attrs(b"f")
+
+
+def test_a_clean_close_keeps_what_was_recorded(jpath: Path) -> None:
+    j = DirtyJournal.open(jpath, zone_size=ZS)
+    j.write(b"f", 0, 2 * ZS)
+    commit(j)
+    j.done_zone(b"f", 0)  # progress, not committed
+    j.attrs(b"g")
+    j.close()
+    j = DirtyJournal.open(jpath, zone_size=ZS)
+    assert j.plan() == Plan(listings=[], attrs=[b"g"], files={b"f": [1]}, shrink={})
+    j.close()
