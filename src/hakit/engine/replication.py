@@ -34,7 +34,7 @@ from hakit.replication.passthrough import clean_stale_mounts
 log = logging.getLogger(__name__)
 
 SAFEKIT_ZONE = 8 * 1024 * 1024
-DEFAULT_ZONE = 1024 * 1024
+DEFAULT_ZONE = 64 * 1024  # small zones: scattered writes cost little more than their size
 START_LIMIT = 20.0  # mounting takes well under a second; a hung /dev/fuse does not
 STOP_LIMIT = 30.0  # a secondary applies what it received before it ends
 
@@ -54,7 +54,7 @@ class ReplicationSpec:
 
     @property
     def zone_size(self) -> int:
-        """The dirty-zone size: 1 MiB unless ``ruzone_blocksize`` was changed from SafeKit's
+        """The dirty-zone size: 64 KiB unless ``ruzone_blocksize`` was changed from SafeKit's
         8 MiB default (smaller zones copy less after scattered writes)."""
         configured = self.rfs.ruzone_blocksize
         return configured if configured != SAFEKIT_ZONE else DEFAULT_ZONE

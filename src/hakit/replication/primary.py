@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from hakit.replication import messages as m
 from hakit.replication.hashsync import BlockSync
 from hakit.replication.journal import DirtyJournal
+from hakit.replication.nslog import NamespaceLog
 from hakit.replication.sink import MutationSink, NewNode
 from hakit.replication.transport import PeerLost, Sender
 
@@ -116,6 +117,7 @@ class _Sent:
     seq: int
     ops: list[JournalOp]  # to journal if the peer is lost before it is durable
     done: Callable[[], None] | None = None  # copy progress to record once durable
+    namespace: m.Message | None = None  # for the namespace log, likewise
 
 
 class ReplicatingSink(MutationSink):
@@ -130,8 +132,10 @@ class ReplicatingSink(MutationSink):
         on_out_of_date: Callable[[str], None],
         paired: bool = False,
         journal: DirtyJournal | None = None,
+        nslog: NamespaceLog | None = None,
     ) -> None:
         self.journal = journal
+        self.nslog = nslog
         self._sent: collections.deque[_Sent] = collections.deque()
         self._exclude = exclude
         self._sendtimeout = sendtimeout
@@ -164,17 +168,32 @@ class ReplicatingSink(MutationSink):
         if self.journal is not None:
             for sent in self._sent:
                 record(self.journal, sent.ops)
+                if sent.namespace is not None and self.nslog is not None:
+                    self.nslog.append(sent.namespace)
         self._sent.clear()
         if self.current:
             self.current = False
             self._peer_out_of_date(reason)
         elif self.journal is not None:
-            asyncio.get_running_loop().create_task(self.journal.commit())
+            asyncio.get_running_loop().create_task(self._commit())
 
-    def track(self, seq: int, ops: list[JournalOp], done: Callable[[], None] | None) -> None:
+    async def _commit(self) -> None:
+        """Make the journal and the namespace log durable."""
+        if self.nslog is not None:
+            await self.nslog.commit()
+        if self.journal is not None:
+            await self.journal.commit()
+
+    def track(
+        self,
+        seq: int,
+        ops: list[JournalOp],
+        done: Callable[[], None] | None,
+        namespace: m.Message | None = None,
+    ) -> None:
         """Remember request ``seq`` until the peer reports it durable (journal only)."""
         if self.journal is not None:
-            self._sent.append(_Sent(seq, ops, done))
+            self._sent.append(_Sent(seq, ops, done, namespace))
 
     def _durable(self, upto: int) -> None:
         while self._sent and self._sent[0].seq <= upto:
@@ -198,7 +217,9 @@ class ReplicatingSink(MutationSink):
             self.current = True
 
     def generation_persisted(self) -> None:
-        """The engine stored the new generation: release the held requests."""
+        """The engine stored the new generation: release the held requests. The pair is over
+        (the engine pairs the module again once the peer has caught up)."""
+        self.paired = False
         if self._held is not None:
             self._held.set()
             self._held = None
@@ -217,8 +238,7 @@ class ReplicatingSink(MutationSink):
     async def _report(self, reason: str) -> None:
         # The journal first (what the peer lacks is on disk), then the engine's new generation;
         # only its answer releases the held requests.
-        if self.journal is not None:
-            await self.journal.commit()
+        await self._commit()
         self._on_out_of_date(reason)
 
     async def _hold(self) -> None:
@@ -260,7 +280,12 @@ class ReplicatingSink(MutationSink):
         except PeerLost:
             ack = None
         else:
-            self.track(sender.last_seq, journal_ops(msg) if self.journal else [], None)
+            self.track(
+                sender.last_seq,
+                journal_ops(msg) if self.journal else [],
+                None,
+                msg if NamespaceLog.wanted(msg) else None,
+            )
         self.counters.ops += 1
         self.counters.bytes += len(header) + len(payload)
         self.counters.by_op[frame_type.name] += 1
@@ -277,8 +302,14 @@ class ReplicatingSink(MutationSink):
         await self._hold()
 
     async def _journal_now(self, msg: m.Message) -> None:
-        if self.journal is not None and record(self.journal, journal_ops(msg)):
-            await self.journal.commit()
+        if self.journal is None:
+            return
+        changed = record(self.journal, journal_ops(msg))
+        if self.nslog is not None and NamespaceLog.wanted(msg):
+            self.nslog.append(msg)
+            changed = True
+        if changed:
+            await self._commit()
 
     def _excluded(self, path: bytes) -> bool:
         # Whether the path names a directory is not known here: a path is left out only if it
@@ -540,11 +571,21 @@ class Copier:
     # ---- incremental copy (issue 5): what the dirty-zone journal says --------------------------
 
     async def run_incremental(
-        self, journal: DirtyJournal, kind: str, generation: str
+        self,
+        journal: DirtyJournal,
+        kind: str,
+        generation: str,
+        nslog: NamespaceLog | None = None,
     ) -> tuple[int, int]:
-        """Send what ``journal`` lists (docs/design/reintegration.md §3); (files, bytes)."""
+        """Send what ``journal`` lists (docs/design/reintegration.md §3); (files, bytes).
+
+        The namespace log is replayed first: the peer's tree goes through the same creations,
+        renames and removals (a renamed file keeps its content there), then the listings."""
         started = time.monotonic()
         self._submit(m.ResyncBegin(kind, generation))
+        for msg in nslog.messages() if nslog is not None else ():
+            self._submit(msg)
+            await self._window()
         sent: set[tuple[bytes, int | None]] = set()
         listed: set[bytes] = set()
         files = copied = 0
@@ -564,6 +605,9 @@ class Copier:
                 if (zones is None and (rel, None) in sent) or todo == []:
                     continue
                 n = await self._copy_journaled(rel, todo, journal, plan.shrink.get(rel))
+                # Progress recorded so far (durable on the peer) reaches the disk too: an
+                # interrupted reintegration resumes from there.
+                await journal.commit()
                 if n is not None:
                     files += 1
                     copied += n
@@ -670,7 +714,7 @@ class Copier:
                 await self._window()
             path = self._path_of(fd)
             if path is not None:
-                self._finish_file(fd, path)
+                self._finish_file(fd, path, functools.partial(journal.done_file, path))
             return sent
         finally:
             os.close(fd)

@@ -63,6 +63,7 @@ from hakit.replication.hashsync import BlockSync
 from hakit.replication.journal import DirtyJournal
 from hakit.replication.keepaside import keep_aside
 from hakit.replication.manifest import NotReplicatedMatcher
+from hakit.replication.nslog import NamespaceLog
 from hakit.replication.primary import Copier, ReplicatingSink
 from hakit.replication.sink import NullSink
 from hakit.replication.transport import Identity, PeerLost, Receiver, Sender
@@ -251,6 +252,7 @@ class Replicator:
                 on_out_of_date=self._out_of_date,
                 paired=req.paired,
                 journal=self._open_journal(),
+                nslog=self._open_nslog(),
             )
             self.fs = passthrough.mount(req.directory, self.sink)
         else:
@@ -275,6 +277,21 @@ class Replicator:
                 return DirtyJournal.open(Path(self.req.journal), zone_size=self.req.zone_size)
             except HakitError:
                 return None
+
+    def _open_nslog(self) -> NamespaceLog | None:
+        if not self.req.journal:
+            return None
+        path = Path(self.req.journal + ".ns")
+        try:
+            log_ = NamespaceLog(path)
+            log_.messages()
+            return log_
+        except HakitError as exc:
+            log.error("replication: %s: the next reintegration will be a full one", exc)
+            self._journal_lost = True
+            with contextlib.suppress(OSError):
+                os.replace(path, str(path) + ".corrupt")
+            return NamespaceLog(path)
 
     async def run(self) -> None:
         """Serve until stopped; a task that crashes ends the process with its exception."""
@@ -468,7 +485,9 @@ class Replicator:
         )
         try:
             if kind == "incremental" and journal is not None and not self._journal_lost:
-                files, sent = await copier.run_incremental(journal, kind, self.req.generation)
+                files, sent = await copier.run_incremental(
+                    journal, kind, self.req.generation, self.sink.nslog
+                )
             else:
                 files, sent = await copier.run(kind, self.req.generation)
             end = sender.last_seq
@@ -481,6 +500,8 @@ class Replicator:
         if self.sink.sender is sender and not sender.lost:
             if journal is not None:
                 journal.reset()
+            if self.sink.nslog is not None:
+                self.sink.nslog.reset()
             self._journal_lost = False
             self.sink.copy_ended()
             self.control.send("copy_sent", files=files, bytes=sent)
@@ -548,9 +569,10 @@ class Replicator:
             keep_aside,
             self.fs.root_fd,
             paths,
-            Path(self.req.divergent) / f"dir{self.req.index}",
+            Path(self.req.divergent),
             reason=str(keep.get("reason", "")),
             generation=str(keep.get("generation", "")),
+            source=self.req.directory,
         )
         self.control.send(
             "kept_aside", directory=str(kept.directory), files=kept.files, bytes=kept.bytes
@@ -569,6 +591,9 @@ class Replicator:
         return sorted({*plan.files, *plan.attrs})
 
     def _reset_journal(self) -> None:
+        if self.req.journal:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.req.journal + ".ns")
         if self.req.journal and os.path.exists(self.req.journal):
             try:
                 journal = DirtyJournal.open(Path(self.req.journal), zone_size=self.req.zone_size)

@@ -632,6 +632,9 @@ class Receiver:
             log.info("replication connection from %s ended during the handshake: %s", where, exc)
             writer.close()
             return
+        except BaseException:  # cancelled (the receiver closes) mid-handshake
+            writer.close()
+            raise
         self.peers.append(peer)
         if self._current is not None:
             log.info("replication peer %s reconnected: dropping its old connection", peer.node)

@@ -1,0 +1,275 @@
+"""The primary's sink and copier over a real loopback connection, without FUSE.
+
+Tree A is the primary's backing tree, tree B the secondary's (a real Applier behind a real
+Receiver). The tests drive :class:`ReplicatingSink` the way the pass-through does (change A, then
+report), and check B against A with the independent digest of :mod:`hakit.testing.workloads`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from hakit.replication import messages as m
+from hakit.replication.applier import Applier, HashesResult
+from hakit.replication.hashsync import BlockSync
+from hakit.replication.journal import DirtyJournal
+from hakit.replication.nslog import NamespaceLog
+from hakit.replication.primary import Copier, Counters, ReplicatingSink, journal_ops
+from hakit.replication.sink import NewNode
+from hakit.replication.transport import Identity, Receiver, Sender
+from hakit.replication.wire import Frame
+from hakit.testing.workloads import compare_digests, digest_lines
+
+KEY = bytes(range(32))
+PRIMARY = Identity(KEY, "node1", "node2", "mirror", 0)
+SECONDARY = Identity(KEY, "node2", "node1", "mirror", 0)
+
+
+def never(path: bytes, is_dir: bool) -> bool:
+    return False
+
+
+class Side:
+    """The secondary: a receiver applying into ``root`` (answers HASHES like the replicator)."""
+
+    def __init__(self, root: Path) -> None:
+        self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self.applier = Applier(self.fd, in_sync=False)
+        self.receiver = Receiver(SECONDARY, self.apply, sync=lambda: None, sync_interval=0.02)
+        self.ended = 0
+
+    async def apply(self, frame: Frame) -> None:
+        result = self.applier.apply(m.decode(frame))
+        if isinstance(result, HashesResult):
+            self.receiver.send_control(m.encode_need(result.need(frame.seq)))
+        elif result is not None:
+            self.ended += 1
+
+    async def close(self) -> None:
+        await self.receiver.close()
+        self.applier.close()
+        os.close(self.fd)
+
+
+async def connect(side: Side, lost: list[str]) -> tuple[Sender, BlockSync]:
+    port = await side.receiver.start("127.0.0.1", 0)
+    sender = await Sender.connect(
+        "127.0.0.1", port, PRIMARY, sendtimeout=10.0, on_peer_lost=lost.append
+    )
+    block_sync = BlockSync(sender)
+    sender.on_need(lambda frame: block_sync.on_need(m.decode_need(frame)))
+    return sender, block_sync
+
+
+def identical(a: Path, b: Path) -> list[str]:
+    return compare_digests(digest_lines(a), digest_lines(b))
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def mutate(root: Path, rng: random.Random, rounds: int) -> list[tuple[str, tuple[object, ...]]]:
+    """Random changes to ``root``; returns the sink calls that report them (in order)."""
+    calls: list[tuple[str, tuple[object, ...]]] = []
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for i in range(rounds):
+        choice = rng.random()
+        if choice < 0.6 and files:
+            f = rng.choice(files)
+            offset = rng.randrange(0, 3 * 1024 * 1024)
+            data = rng.randbytes(rng.randrange(1, 200_000))
+            fd = os.open(f, os.O_WRONLY)
+            os.pwrite(fd, data, offset)
+            os.close(fd)
+            rel = os.fsencode(f.relative_to(root))
+            calls.append(("write", (1, rel, offset, data, f.stat().st_mtime_ns)))
+        elif choice < 0.75:
+            d = root / f"new{i}"
+            d.mkdir()
+            f = d / "file"
+            f.write_bytes(rng.randbytes(rng.randrange(0, 300_000)))
+            st_d, st_f = d.stat(), f.stat()
+            for path, st, kind in ((d, st_d, "mkdir"), (f, st_f, "create")):
+                node = NewNode(
+                    os.fsencode(path.relative_to(root)),
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_gid,
+                    0,
+                    st.st_atime_ns,
+                    st.st_mtime_ns,
+                    path.parent.stat().st_mtime_ns,
+                )
+                calls.append((kind, (node,)))
+            rel = os.fsencode(f.relative_to(root))
+            data = f.read_bytes()
+            calls.append(("write", (2, rel, 0, data, st_f.st_mtime_ns)))
+            files.append(f)
+        elif choice < 0.85 and files:
+            f = files.pop(rng.randrange(len(files)))
+            target = f.with_name(f.name + ".moved")
+            f.rename(target)
+            files.append(target)
+            old, new = (os.fsencode(p.relative_to(root)) for p in (f, target))
+            calls.append(("rename", (old, new, 0, 0, 0)))
+        elif files:
+            f = files.pop(rng.randrange(len(files)))
+            f.unlink()
+            calls.append(("unlink", (os.fsencode(f.relative_to(root)), 0)))
+    return calls
+
+
+def dataset(root: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    (root / "sub").mkdir(parents=True)
+    for i in range(6):
+        (root / ("sub" if i % 2 else ".") / f"f{i}").write_bytes(rng.randbytes(3 * 1024 * 1024))
+
+
+def test_alone_changes_are_journaled_then_sent_incrementally(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    dataset(a, 1)
+    shutil.copytree(a, b, symlinks=True)  # the peer had everything when it left
+    journal = DirtyJournal.open(tmp_path / "rfs0.journal", zone_size=64 * 1024)
+    nslog = NamespaceLog(tmp_path / "rfs0.journal.ns")
+
+    async def scenario() -> None:
+        reported: list[str] = []
+        sink = ReplicatingSink(
+            exclude=never,
+            sendtimeout=5.0,
+            locktimeout=5.0,
+            on_out_of_date=reported.append,
+            journal=journal,
+            nslog=nslog,
+        )
+        # ALONE: every change is journaled (durably) before the call returns.
+        calls = mutate(a, random.Random(7), 15)
+        for name, args in calls:
+            await getattr(sink, name)(*args)
+        assert not journal.empty
+        modified = sum(len(args[3]) for name, args in calls if name == "write")  # type: ignore[arg-type]
+        # The peer comes back: the copier sends what the journal lists, nothing else.
+        side = Side(b)
+        lost: list[str] = []
+        sender, block_sync = await connect(side, lost)
+        try:
+            sink.attach(sender)
+            counters = Counters()
+            root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                copier = Copier(root, sender, never, counters, sink=sink, block_sync=block_sync)
+                _files, sent = await copier.run_incremental(journal, "incremental", "g2", nslog)
+            finally:
+                os.close(root)
+            assert side.ended == 1
+            assert sent <= 2 * modified + 6 * 64 * 1024, (sent, modified)
+            assert sent < 6 * 3 * 1024 * 1024 / 2, "incremental must not resend the dataset"
+            # Progress is recorded once the peer reports the copy durable.
+            for _ in range(250):
+                if journal.empty:
+                    break
+                await asyncio.sleep(0.02)
+            assert journal.empty, journal.plan()
+            await journal.commit()
+            assert not lost and not reported
+        finally:
+            await sender.close()
+            await side.close()
+
+    run(scenario)
+    assert identical(a, b) == []
+    # The progress survives a reopen (an interrupted reintegration resumes from here).
+    journal.close()
+    assert DirtyJournal.open(tmp_path / "rfs0.journal").empty
+
+
+def test_lost_peer_requests_not_yet_durable_are_journaled(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    journal = DirtyJournal.open(tmp_path / "rfs0.journal")
+    (a / "f").write_bytes(b"x" * 10)
+
+    async def scenario() -> None:
+        reported: list[str] = []
+        sink = ReplicatingSink(
+            exclude=never,
+            sendtimeout=5.0,
+            locktimeout=5.0,
+            on_out_of_date=reported.append,
+            journal=journal,
+        )
+        side = Side(b)
+        side.receiver = Receiver(SECONDARY, side.apply)  # never syncs: nothing becomes durable
+        lost: list[str] = []
+        sender, _ = await connect(side, lost)
+        sink.attach(sender)
+        await sink.write(1, b"f", 0, b"x" * 10, 1)
+        assert journal.empty  # acknowledged: not journaled while the peer is connected
+        await side.receiver.close()  # the peer dies
+        while not lost:
+            await asyncio.sleep(0.01)
+        sink.detach(lost[0])
+        await journal.commit()
+        await sender.close()
+        side.applier.close()
+        os.close(side.fd)
+
+    run(scenario)
+    plan = journal.plan()
+    assert b"f" in plan.files, plan
+
+
+def test_a_current_peer_lost_holds_requests_until_the_generation_is_persisted(
+    tmp_path: Path,
+) -> None:
+    b = tmp_path / "b"
+    b.mkdir()
+
+    async def scenario() -> None:
+        reported: list[str] = []
+        sink = ReplicatingSink(
+            exclude=never,
+            sendtimeout=5.0,
+            locktimeout=30.0,
+            on_out_of_date=reported.append,
+            paired=True,
+        )
+        side = Side(b)
+        lost: list[str] = []
+        sender, _ = await connect(side, lost)
+        sink.attach(sender)
+        assert sink.current
+        await side.receiver.close()
+        while not lost:
+            await asyncio.sleep(0.01)
+        sink.detach(lost[0])
+        write = asyncio.create_task(sink.write(1, b"f", 0, b"y", 1))
+        await asyncio.sleep(0.1)
+        assert reported and not write.done(), "held until the engine persisted the generation"
+        sink.generation_persisted()
+        await asyncio.wait_for(write, 5)
+        await sender.close()
+        await side.close()
+        await asyncio.sleep(0.05)  # let the aborted transports finish closing
+
+    run(scenario)
+
+
+def test_journal_ops_cover_every_mutation() -> None:
+    node = NewNode(b"d/x", 0o100644, 0, 0, 0, 1, 2, 3)
+    assert journal_ops(m.Create(node)) == [("created", (b"d/x", False))]
+    assert journal_ops(m.Mkdir(node)) == [("created", (b"d/x", True))]
+    assert journal_ops(m.Rename(b"a", b"b", m.RENAME_EXCHANGE, 0, 0)) == [
+        ("renamed", (b"a", b"b", True))
+    ]
+    assert journal_ops(m.Write(b"a", 5, 0, b"abc")) == [("write", (b"a", 5, 3))]
+    assert journal_ops(m.SetXattr(b"a", b"user.x", b"v")) == [("attrs", (b"a",))]
+    assert journal_ops(m.Fsync(b"a", False)) == []
