@@ -284,6 +284,40 @@ def _print_details(answer: dict[str, Any]) -> None:
         width = max(len(str(name)) for name in resources)
         for name, value in sorted(resources.items()):
             click.echo(f"    {str(name).ljust(width)}  {value}")
+        for line in progress_lines(resources):
+            click.echo(line)
+
+
+def progress_lines(resources: dict[str, object]) -> list[str]:
+    """A progress bar per replicated directory being copied (``rfs.N.resync.*`` resources)."""
+    lines = []
+    for name in sorted(resources):
+        if not (name.startswith("rfs.") and name.endswith(".resync.total_bytes")):
+            continue
+        prefix = name[: -len("total_bytes")]
+        try:
+            total = int(str(resources[name]))
+            done = int(str(resources.get(prefix + "done_bytes", 0)))
+            rate = int(str(resources.get(prefix + "rate_bytes_s", 0)))
+            eta = int(str(resources.get(prefix + "eta_s", -1)))
+            files = (
+                f"{resources.get(prefix + 'files_done')}/{resources.get(prefix + 'files_total')}"
+            )
+        except ValueError:
+            continue
+        share = 1.0 if total <= 0 else min(done / total, 1.0)
+        bar = "#" * int(share * 30) + "." * (30 - int(share * 30))
+        state = "done" if share >= 1.0 else (f"ETA {eta} s" if eta >= 0 else "ETA ?")
+        index = name.split(".")[1]
+        lines.append(
+            f"  reintegration of directory {index}: [{bar}] {share:4.0%} "
+            f"{_mib(done)}/{_mib(total)} MiB, {files} files, {_mib(rate)} MiB/s, {state}"
+        )
+    return lines
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1048576:.1f}"
 
 
 @click.command()

@@ -71,6 +71,36 @@ class Counters:
     copied_bytes: int = 0
     excluded: int = 0
     by_op: dict[str, int] = field(default_factory=lambda: collections.defaultdict(int))
+    # The copy in progress (reintegration): planned and processed bytes and files.
+    resync_kind: str = ""
+    resync_total: int = 0
+    resync_done: int = 0
+    resync_files_total: int = 0
+    resync_files_done: int = 0
+    resync_started: float = 0.0
+
+    def begin_copy(self, kind: str, total: int, files: int) -> None:
+        """A copy starts: ``total`` bytes in ``files`` files to go through."""
+        self.resync_kind = kind
+        self.resync_total, self.resync_done = total, 0
+        self.resync_files_total, self.resync_files_done = files, 0
+        self.resync_started = time.monotonic()
+
+    def progress(self) -> dict[str, int]:
+        """The copy's progress as resources (empty when no copy ran)."""
+        if not self.resync_kind:
+            return {}
+        elapsed = max(time.monotonic() - self.resync_started, 1e-3)
+        rate = int(self.resync_done / elapsed)
+        left = max(self.resync_total - self.resync_done, 0)
+        return {
+            "resync.total_bytes": self.resync_total,
+            "resync.done_bytes": min(self.resync_done, self.resync_total),
+            "resync.files_total": self.resync_files_total,
+            "resync.files_done": self.resync_files_done,
+            "resync.rate_bytes_s": rate,
+            "resync.eta_s": int(left / rate) if rate else -1,
+        }
 
 
 JournalOp = tuple[str, tuple[object, ...]]
@@ -479,11 +509,15 @@ class Copier:
         started = time.monotonic()
         self._submit(m.ResyncBegin(kind, generation))
         files = self._send_namespace()  # one synchronous step: no mutation interleaves
+        sizes = [os.fstat(fd).st_size for fd in files]
+        self._counters.begin_copy(kind, sum(sizes), len(files))
         copied = 0
         try:
-            for fd in files:
+            for fd, size in zip(files, sizes, strict=True):
                 copied += await self._copy_file(fd)
                 self._counters.copied_files += 1
+                self._counters.resync_done += size
+                self._counters.resync_files_done += 1
         finally:
             for fd in files:
                 os.close(fd)
@@ -586,6 +620,8 @@ class Copier:
         for msg in nslog.messages() if nslog is not None else ():
             self._submit(msg)
             await self._window()
+        estimate = journal.estimate(self._size_of)
+        self._counters.begin_copy(kind, estimate.bytes, estimate.files)
         sent: set[tuple[bytes, int | None]] = set()
         listed: set[bytes] = set()
         files = copied = 0
@@ -611,6 +647,8 @@ class Copier:
                 if n is not None:
                     files += 1
                     copied += n
+                    self._counters.resync_done += n
+                    self._counters.resync_files_done += 1
                     progress = True
                     sent.update([(rel, None)] if todo is None else [(rel, z) for z in todo])
             if not progress:
@@ -629,6 +667,12 @@ class Copier:
             time.monotonic() - started,
         )
         return files, copied
+
+    def _size_of(self, rel: bytes) -> int | None:
+        try:
+            return os.stat(rel, dir_fd=self._root, follow_symlinks=False).st_size
+        except OSError:
+            return None
 
     def _open_dir(self, rel: bytes) -> int | None:
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW

@@ -391,6 +391,7 @@ class Replicator:
                 "connected": int(sender is not None and not sender.lost),
                 "current": int(self.sink.current),
                 "in_flight": sender.outstanding if sender is not None else 0,
+                **c.progress(),
             }
         if self.applier is not None:
             counters = self.applier.counters
