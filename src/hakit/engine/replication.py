@@ -91,6 +91,9 @@ class ReplicationSpec:
             "in_sync": in_sync,
             "generation": generation,
             "zone_size": self.zone_size,
+            "nbrei": self.rfs.nbrei,
+            # <rfs reiallowedbw> is in KB/s
+            "reiallowedbw": self.rfs.reiallowedbw * 1024 if self.rfs.reiallowedbw else None,
             **(
                 {
                     "journal": str(self.state_dir / f"rfs{index}.journal"),

@@ -465,7 +465,14 @@ class Copier:
         *,
         sink: ReplicatingSink | None = None,
         block_sync: BlockSync | None = None,
+        window: int = COPY_WINDOW,
+        bandwidth: int | None = None,
     ) -> None:
+        self._window_size = window
+        # reiallowedbw: bytes per second the copy may use (None: unlimited).
+        self._bandwidth = bandwidth
+        self._paced_bytes = 0
+        self._paced_since = time.monotonic()
         self._root = root_fd
         self._sender = sender
         self._exclude = exclude
@@ -482,10 +489,17 @@ class Copier:
         if done is not None and self._sink is not None:
             self._sink.track(self._sender.last_seq, [], done)
 
-    async def _window(self) -> None:
-        """Flow control: at most COPY_WINDOW blocks unacknowledged; lets FUSE requests run."""
-        while len(self._inflight) > COPY_WINDOW:
+    async def _window(self, sent: int = 0) -> None:
+        """Flow control: at most ``window`` blocks unacknowledged, at most ``bandwidth`` bytes per
+        second; lets the application's requests run in between."""
+        while len(self._inflight) > self._window_size:
             await self._inflight.popleft()
+        if self._bandwidth and sent:
+            self._paced_bytes += sent
+            ahead = self._paced_bytes / self._bandwidth - (time.monotonic() - self._paced_since)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+                return
         await asyncio.sleep(0)
 
     def _path_of(self, fd: int) -> bytes | None:
@@ -755,7 +769,7 @@ class Copier:
                     self._counters.copied_bytes += len(data)
                 else:
                     done()  # beyond the end now: the final size below covers it
-                await self._window()
+                await self._window(len(data))
             path = self._path_of(fd)
             if path is not None:
                 self._finish_file(fd, path, functools.partial(journal.done_file, path))
@@ -820,7 +834,7 @@ class Copier:
             sent += len(data)
             self._counters.copied_bytes += len(data)
             offset = start + len(data)
-            await self._window()
+            await self._window(len(data))
 
     def _finish_file(self, fd: int, path: bytes, done: Callable[[], None] | None = None) -> None:
         """The file's final size, extended attributes and times (after its last block)."""

@@ -101,6 +101,8 @@ class StartRequest:
     journal: str | None = None  # the dirty-zone journal (outside the replicated tree)
     marker: str | None = None  # exists while this node serves the directory as primary
     divergent: str | None = None  # where split-brain data is kept aside
+    nbrei: int = 6  # copy requests in flight: 4 blocks per "reintegration thread"
+    reiallowedbw: int | None = None  # bytes/s the copy may use
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> StartRequest:
@@ -135,6 +137,10 @@ class StartRequest:
                 journal=_optional(data, "journal"),
                 marker=_optional(data, "marker"),
                 divergent=_optional(data, "divergent"),
+                nbrei=int(data.get("nbrei", 6)),
+                reiallowedbw=(
+                    int(data["reiallowedbw"]) if data.get("reiallowedbw") is not None else None
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserConfigError(
@@ -483,6 +489,8 @@ class Replicator:
             self.sink.counters,
             sink=self.sink,
             block_sync=block_sync,
+            window=4 * max(self.req.nbrei, 1),
+            bandwidth=self.req.reiallowedbw,
         )
         try:
             if kind == "incremental" and journal is not None and not self._journal_lost:
