@@ -38,7 +38,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hakit.replication import messages as m
@@ -467,12 +467,16 @@ class Copier:
         block_sync: BlockSync | None = None,
         window: int = COPY_WINDOW,
         bandwidth: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._window_size = window
         # reiallowedbw: bytes per second the copy may use (None: unlimited).
         self._bandwidth = bandwidth
+        self._clock = clock
+        self._sleep = sleep
         self._paced_bytes = 0
-        self._paced_since = time.monotonic()
+        self._paced_since = clock()
         self._root = root_fd
         self._sender = sender
         self._exclude = exclude
@@ -496,9 +500,9 @@ class Copier:
             await self._inflight.popleft()
         if self._bandwidth and sent:
             self._paced_bytes += sent
-            ahead = self._paced_bytes / self._bandwidth - (time.monotonic() - self._paced_since)
+            ahead = self._paced_bytes / self._bandwidth - (self._clock() - self._paced_since)
             if ahead > 0:
-                await asyncio.sleep(ahead)
+                await self._sleep(ahead)
                 return
         await asyncio.sleep(0)
 

@@ -273,3 +273,42 @@ def test_journal_ops_cover_every_mutation() -> None:
     assert journal_ops(m.Write(b"a", 5, 0, b"abc")) == [("write", (b"a", 5, 3))]
     assert journal_ops(m.SetXattr(b"a", b"user.x", b"v")) == [("attrs", (b"a",))]
     assert journal_ops(m.Fsync(b"a", False)) == []
+
+
+def test_reiallowedbw_paces_the_copy(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "big").write_bytes(os.urandom(4 * 1024 * 1024))
+    now = [100.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds  # time passes only while the copier waits
+
+    class Recorder:
+        last_seq = 0
+
+        def submit(self, frame_type: object, header: bytes, payload: bytes = b"") -> object:
+            self.last_seq += 1
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(self.last_seq)
+            return future
+
+    async def scenario() -> None:
+        root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            copier = Copier(
+                root,
+                Recorder(),  # type: ignore[arg-type]
+                never,
+                Counters(),
+                bandwidth=1024 * 1024,
+                clock=lambda: now[0],
+                sleep=fake_sleep,
+            )
+            await copier.run("full", "g")
+        finally:
+            os.close(root)
+
+    asyncio.run(scenario())
+    # 4 MiB at 1 MiB/s: the copier waited for about four seconds of (fake) time.
+    assert 3.9 <= now[0] - 100.0 <= 4.1, now[0]
