@@ -23,10 +23,15 @@ submits each change synchronously after applying it locally). A block's digest i
 at the moment it was read; a change made after that reaches the secondary either before the
 ``HASHES`` (then the secondary's digest includes it: if it now equals the primary's older digest,
 the change covered exactly the bytes that differed, and both sides hold the same block) or after
-it (the secondary applies it after comparing). A needed block is read and queued in one step (no
-``await`` between them, as :class:`~hakit.replication.primary.Copier` does), with the file's path
-and mtime of that moment. Hashing yields to the loop every few blocks so the application's
-requests are not stalled for the seconds a large file takes to hash.
+it (the secondary applies it after comparing). This holds even for a block read while a write
+to it was being made (a worker thread hashes, so the application is not stalled for the seconds
+a large file takes): what the block holds outside that write is the old content either way. A
+needed block is read and queued in one step (no ``await`` between them, as
+:class:`~hakit.replication.primary.Copier` does), with the file's path and mtime of that moment.
+
+The secondary hashes its blocks while applying ``HASHES`` (``Applier.apply``); for a large file
+that takes seconds, so the caller should apply that message in a worker thread to keep
+acknowledging and answering pings.
 
 Files smaller than two blocks are not worth a round trip: :meth:`BlockSync.sync_file` returns None
 and the caller sends them whole. A file so large that its digests would not fit a frame gets a
@@ -60,7 +65,7 @@ WRITE_CHUNK = 1024 * 1024
 """Largest WRITE payload; also the read size when hashing a block."""
 MAX_DIGESTS = (wire.MAX_FRAME - 128 * 1024) // m.DIGEST_SIZE
 """Digests of one HASHES frame, at most (room left for the header with a 64 KiB path)."""
-# Blocks hashed between two yields to the loop (4 MiB at the default block size).
+# Blocks hashed per worker-thread call (4 MiB at the default block size).
 HASH_SLICE = 16
 
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -260,10 +265,10 @@ class BlockSync:
         count = m.block_count(size, block_size)
         digests: list[bytes] = []
         for first in range(0, count, HASH_SLICE):
-            digests.extend(
-                block_digests(fd, block_size, size, first, min(count, first + HASH_SLICE))
-            )
-            await asyncio.sleep(0)  # let the application's requests run (module docstring)
+            # In a worker thread (hashlib releases the GIL): the application's requests keep
+            # being served meanwhile (module docstring: why that cannot leave stale blocks).
+            stop = min(count, first + HASH_SLICE)
+            digests += await asyncio.to_thread(block_digests, fd, block_size, size, first, stop)
         path = path_of(fd)
         if path is None:
             return 0

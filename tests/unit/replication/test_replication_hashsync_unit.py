@@ -414,6 +414,51 @@ def test_writes_and_a_rename_during_the_sync_end_identical(tmp_path: Path) -> No
     run(tmp_path, scenario)
 
 
+@pytest.mark.parametrize("mode", ["second", "none"])
+def test_application_writes_all_along_the_sync_end_identical(
+    tmp_path: Path, mode: AsyncMode
+) -> None:
+    async def scenario(pair: Pair) -> None:
+        import random
+
+        rng = random.Random(11)
+        data = bytearray(_random(SIZE))
+        (pair.secondary / "f").write_bytes(data)
+        for index in range(0, 32, 5):
+            data[index * BLOCK + 17] ^= 1
+        (pair.primary / "f").write_bytes(data)
+        fd_w = os.open(pair.primary / "f", os.O_WRONLY)
+        done = asyncio.Event()
+        writes = 0
+
+        async def application() -> None:
+            # Writes while the primary hashes (in a thread), waits for the NEED and sends
+            # blocks, each applied locally then queued as the replicating sink does, which
+            # returns once the peer acknowledged.
+            nonlocal writes
+            while not done.is_set():
+                offset = rng.randrange(SIZE + MIB)
+                chunk = rng.randbytes(rng.randrange(1, 3 * BLOCK))
+                os.pwrite(fd_w, chunk, offset)
+                mtime = os.fstat(fd_w).st_mtime_ns
+                ack = pair.sender.submit(*m.encode(m.Write(b"f", offset, mtime, chunk)))
+                writes += 1
+                await ack  # the application's call returns once the peer has it
+
+        task = asyncio.create_task(application())
+        try:
+            await pair.sync()
+        finally:
+            done.set()
+            await task
+            os.close(fd_w)
+        await pair.settle()
+        assert writes > 0
+        assert pair.identical()
+
+    run(tmp_path, scenario, async_mode=mode)
+
+
 def test_a_file_unlinked_during_the_sync_stops_it(tmp_path: Path) -> None:
     async def scenario(pair: Pair) -> None:
         (pair.primary / "f").write_bytes(_random(SIZE))
