@@ -522,6 +522,11 @@ class Copier:
             path = path[: -len(b" (deleted)")]
         return path
 
+    def _replicated_path_of(self, fd: int) -> bytes | None:
+        """``_path_of``, None for a file now under a notreplicated path."""
+        path = self._path_of(fd)
+        return None if path is None or self._exclude(path, False) else path
+
     async def run(self, kind: str, generation: str) -> tuple[int, int]:
         """Send the tree; return (files, bytes) copied. Raises PeerLost if the peer goes away."""
         started = time.monotonic()
@@ -802,7 +807,7 @@ class Copier:
             raise
         try:
             if self._block_sync is not None:
-                sent = await self._block_sync.sync_file(fd, self._path_of)
+                sent = await self._block_sync.sync_file(fd, self._replicated_path_of)
                 if sent is not None:
                     path = self._path_of(fd)
                     if path is not None and not self._exclude(path, False):

@@ -632,7 +632,11 @@ class Replicator:
     async def _apply(self, frame: Frame) -> None:
         assert self.applier is not None
         msg = m.decode(frame)
-        end = self.applier.apply(msg)
+        if isinstance(msg, m.Hashes):
+            # Hashing a large file takes seconds: off the loop, which keeps acknowledging.
+            end = await asyncio.to_thread(self.applier.apply, msg)
+        else:
+            end = self.applier.apply(msg)
         if isinstance(end, HashesResult):
             if self.receiver is not None:
                 self.receiver.send_control(

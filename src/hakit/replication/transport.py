@@ -447,7 +447,11 @@ class _Connection:
                             f"request #{frame.seq} after #{self._received} (a gap in the stream)"
                         )
                     self._received = frame.seq
-                    if frame.type in ACK_AFTER_APPLY or self._async_mode == "none":
+                    # async="none" acknowledges after applying, except HASHES: its answer is
+                    # the NEED, and hashing a large file must not look like a dead peer.
+                    if frame.type in ACK_AFTER_APPLY or (
+                        self._async_mode == "none" and frame.type is not FrameType.HASHES
+                    ):
                         self._barriers.append(frame.seq)
                     self._queue.put_nowait(frame)
                     self._schedule_ack()
