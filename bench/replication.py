@@ -44,12 +44,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hakit.lab import Lab
+from hakit.testing.lab_module import mirror_userconfig, replicated, write_safe
 from hakit.testing.workloads import compare_digests
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,41 +76,12 @@ FULL = {
 }
 QUICK = {"seq-mib": 8, "rand-ops": 200, "rand-file-mib": 4, "fsync-ops": 50, "meta-files": 50}
 
-# The module: a copy of tests/integration/mirror_app.py's shape (heartbeat + VIP), without the
-# application, with one replicated directory. {rfs_attrs} lets --rfs-async set SafeKit's async=.
-USERCONFIG = """<!DOCTYPE safe>
-<safe>
-  <service mode="mirror" failover="on" defaultprim="alone">
-    <heart pulse="200ms" timeout="2s">
-      <heartbeat name="default"/>
-    </heart>
-    <vip>
-      <interface_list>
-        <interface check="on">
-          <real_interface>
-            <virtual_addr addr="{vip}" where="one_side_alias"/>
-          </real_interface>
-        </interface>
-      </interface_list>
-    </vip>
-    <rfs{rfs_attrs}>
-      <replicated dir="{data_dir}"/>
-    </rfs>
-    <user nicestoptimeout="10s" forcestoptimeout="10s"/>
-  </service>
-</safe>
-"""
-
 
 def build_module(out: Path, vip: str, rfs_async: str | None) -> Path:
-    """Write the module archive (``conf/userconfig.xml`` only) at ``out``."""
+    """Write the module archive (the lab template, one replicated directory, no scripts)."""
     attrs = f' async="{rfs_async}"' if rfs_async else ""
-    with zipfile.ZipFile(out, "w") as z:
-        z.writestr(
-            "conf/userconfig.xml",
-            USERCONFIG.format(vip=vip, rfs_attrs=attrs, data_dir=DATA_DIR),
-        )
-    return out
+    conf = mirror_userconfig(vip=vip, rfs=replicated(DATA_DIR, attrs))
+    return write_safe(out, conf)
 
 
 # ---- lab helpers ------------------------------------------------------------------------------

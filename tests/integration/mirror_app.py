@@ -7,8 +7,9 @@ through the VIP learns which node serves it. Scripts keep its pid in ``$SAFEUSER
 from __future__ import annotations
 
 import sys
-import zipfile
 from pathlib import Path
+
+from hakit.testing.lab_module import mirror_userconfig, write_safe
 
 APP_PORT = 8080
 
@@ -44,27 +45,6 @@ for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; exit 0
 exit 0
 """
 
-USERCONFIG = """<!DOCTYPE safe>
-<safe>
-  <service mode="mirror" failover="{failover}" defaultprim="{defaultprim}">
-    <heart pulse="{pulse}" timeout="{timeout}">
-      <heartbeat name="default"/>
-    </heart>
-    <vip>
-      <interface_list>
-        <interface check="on">
-          <real_interface>
-            <virtual_addr addr="{vip}" where="one_side_alias"/>
-          </real_interface>
-        </interface>
-      </interface_list>
-    </vip>
-    <user nicestoptimeout="10s" forcestoptimeout="10s"/>
-    {rfs}
-  </service>
-</safe>
-"""
-
 
 def build_module(
     out: Path,
@@ -78,13 +58,7 @@ def build_module(
 ) -> Path:
     """Write the module as a ``.safe`` archive at ``out`` and return it (``rfs``: an ``<rfs>``
     element to include, e.g. ``<rfs><replicated dir="/srv/data"/></rfs>``)."""
-    conf = USERCONFIG.format(
+    conf = mirror_userconfig(
         vip=vip, pulse=pulse, timeout=timeout, failover=failover, defaultprim=defaultprim, rfs=rfs
     )
-    with zipfile.ZipFile(out, "w") as z:
-        z.writestr("conf/userconfig.xml", conf)
-        for name, text in (("start_prim", START_PRIM), ("stop_prim", STOP_PRIM)):
-            info = zipfile.ZipInfo(f"bin/{name}")
-            info.external_attr = 0o100755 << 16
-            z.writestr(info, text)
-    return out
+    return write_safe(out, conf, {"start_prim": START_PRIM, "stop_prim": STOP_PRIM})
