@@ -32,6 +32,8 @@ import signal
 import socket
 import sys
 
+from hakit.lab.mounts import NODE_ROOT, SRV
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
@@ -43,8 +45,6 @@ MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
-NODE_ROOT = "/run/hakit-node"  # HAKIT_ROOT inside every node
-SRV = "/srv"
 READY = b"ok"
 READY_TIMEOUT = 10.0
 

@@ -49,7 +49,7 @@ from typing import Any, NoReturn
 import hakit
 from hakit.errors import HakitError, LocalSystemError, NotFoundError, UserConfigError
 from hakit.lab import procs
-from hakit.lab.anchor import NODE_ROOT, SRV
+from hakit.lab.mounts import NODE_ROOT, SRV
 from hakit.lab.plan import (
     BRIDGE,
     CLIENT,
