@@ -728,6 +728,10 @@ class Lab:
     # ------------------------------------------------------------------ internals: processes
 
     def _pids_of(self, hs: HostState) -> list[int]:
+        if not procs.is_alive(hs.anchor_pid, hs.anchor_start):
+            # The anchor is gone and its pid may now be another lab's anchor: never signal
+            # processes through a recycled pid.
+            return []
         pidns = procs.ns_id(hs.anchor_pid, "pid")
         if pidns is None:
             return []
