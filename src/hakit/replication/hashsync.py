@@ -33,8 +33,9 @@ The secondary hashes its blocks while applying ``HASHES`` (``Applier.apply``); f
 that takes seconds, so the caller should apply that message in a worker thread to keep
 acknowledging and answering pings.
 
-Files smaller than two blocks are not worth a round trip: :meth:`BlockSync.sync_file` returns None
-and the caller sends them whole. A file so large that its digests would not fit a frame gets a
+Files smaller than two blocks are hashed by 4 KiB blocks (:data:`SMALL_BLOCK_SIZE`): one round
+trip each, but identical trees of small files then exchange digests only; an empty file is left to
+the caller (:meth:`BlockSync.sync_file` returns None: there is nothing to compare). A file so large that its digests would not fit a frame gets a
 larger block (a multiple of the configured one, :func:`block_size_for`); a needed block is sent in
 ``WRITE`` frames of at most :data:`WRITE_CHUNK` bytes, so any block size fits the frame limit.
 """
@@ -59,6 +60,8 @@ from hakit.replication.wire import FrameType, ProtocolError
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 256 * 1024
+SMALL_BLOCK_SIZE = 4096
+"""The block size for files smaller than two default blocks."""
 WINDOW = 16
 """Blocks (frames) of one file sent and not acknowledged yet, at most (flow control)."""
 WRITE_CHUNK = 1024 * 1024
@@ -254,12 +257,16 @@ class BlockSync:
         once it must not be sent any more (unlinked, or now excluded): the sync then stops. The
         peer's file must exist with the size the listing gave it. Returns the WRITE data bytes
         sent, or None (nothing sent) for a file of less than two blocks: the caller sends it
-        whole. The file's xattrs and times are the caller's. Raises PeerLost if the peer goes away
+        whole (only an empty file now). The file's xattrs and times are the caller's. Raises PeerLost if the peer goes away
         (its ack or its NEED will not come) or answers with a NEED that does not fit."""
         size = os.fstat(fd).st_size
+        if size == 0:
+            return None
         block_size = block_size_for(size, self._block_size, self._max_digests)
         if size < 2 * block_size:
-            return None
+            # A small file: small blocks. One round trip and a digest per 4 KiB instead of the
+            # whole file: identical trees of small files still exchange almost nothing.
+            block_size = SMALL_BLOCK_SIZE
         if self._lost is not None:
             raise self._lost
         count = m.block_count(size, block_size)

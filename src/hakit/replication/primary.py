@@ -721,9 +721,11 @@ class Copier:
             return False
         try:
             st = os.fstat(fd)
-            if not stat.S_ISLNK(st.st_mode):
+            # Only files and directories are opened (a FIFO's open would wait for a writer);
+            # Linux allows user extended attributes on nothing else anyway.
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
                 with contextlib.suppress(OSError):
-                    rfd = os.open(_proc(fd), os.O_RDONLY | os.O_NOATIME)
+                    rfd = os.open(_proc(fd), os.O_RDONLY | os.O_NOATIME | os.O_NONBLOCK)
                     try:
                         self._send_xattrs(rfd, rel)
                     finally:
@@ -748,7 +750,9 @@ class Copier:
     ) -> int | None:
         """Copy the zones (None: all) of file ``rel``; None if it is not there any more."""
         try:
-            fd = os.open(rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME, dir_fd=self._root)
+            # O_NONBLOCK: if the name is now a FIFO, opening it must not wait for a writer.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME | os.O_NONBLOCK
+            fd = os.open(rel, flags, dir_fd=self._root)
         except OSError:
             return None  # renamed (the journal moved its entry) or removed since
         try:

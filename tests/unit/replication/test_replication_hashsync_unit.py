@@ -291,9 +291,31 @@ def test_sparse_files_on_both_sides_match_without_reading(tmp_path: Path) -> Non
     run(tmp_path, scenario)
 
 
-def test_small_files_are_left_to_the_caller(tmp_path: Path) -> None:
+def test_small_files_are_compared_by_4k_blocks(tmp_path: Path) -> None:
     async def scenario(pair: Pair) -> None:
-        (pair.primary / "f").write_bytes(_random(2 * BLOCK - 1))
+        data = _random(2 * BLOCK - 1)
+        (pair.primary / "f").write_bytes(data)
+        (pair.secondary / "f").write_bytes(data[:8192] + b"x" + data[8193:])
+        assert await pair.sync() == 4096  # the one differing 4 KiB block
+        assert pair.identical()
+
+    run(tmp_path, scenario)
+
+
+def test_identical_small_files_send_no_data(tmp_path: Path) -> None:
+    async def scenario(pair: Pair) -> None:
+        data = _random(3000)
+        (pair.primary / "f").write_bytes(data)
+        (pair.secondary / "f").write_bytes(data)
+        assert await pair.sync() == 0
+        assert pair.write_bytes == 0
+
+    run(tmp_path, scenario)
+
+
+def test_empty_files_are_left_to_the_caller(tmp_path: Path) -> None:
+    async def scenario(pair: Pair) -> None:
+        (pair.primary / "f").write_bytes(b"")
         assert await pair.sync() is None
         assert pair.sender.last_seq == 0  # nothing was sent
 

@@ -312,3 +312,47 @@ def test_reiallowedbw_paces_the_copy(tmp_path: Path) -> None:
     asyncio.run(scenario())
     # 4 MiB at 1 MiB/s: the copier waited for about four seconds of (fake) time.
     assert 3.9 <= now[0] - 100.0 <= 4.1, now[0]
+
+
+def test_a_fifo_created_while_alone_does_not_block_the_copy(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    journal = DirtyJournal.open(tmp_path / "rfs0.journal", zone_size=64 * 1024)
+    nslog = NamespaceLog(tmp_path / "rfs0.journal.ns")
+
+    async def scenario() -> None:
+        sink = ReplicatingSink(
+            exclude=never,
+            sendtimeout=5.0,
+            locktimeout=5.0,
+            on_out_of_date=lambda _: None,
+            journal=journal,
+            nslog=nslog,
+        )
+        os.mkfifo(a / "fifo", 0o640)
+        st = (a / "fifo").stat()
+        node = NewNode(b"fifo", st.st_mode, 0, 0, 0, st.st_atime_ns, st.st_mtime_ns, 0)
+        await sink.mknod(node)
+        await sink.chmod(b"fifo", 0o600)
+        os.chmod(a / "fifo", 0o600)
+        side = Side(b)
+        sender, block_sync = await connect(side, [])
+        try:
+            sink.attach(sender)
+            root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                copier = Copier(root, sender, never, Counters(), sink=sink, block_sync=block_sync)
+                # Opening a FIFO for reading would wait for a writer for ever.
+                await asyncio.wait_for(
+                    copier.run_incremental(journal, "incremental", "g", nslog), 10
+                )
+            finally:
+                os.close(root)
+        finally:
+            await sender.close()
+            await side.close()
+
+    run(scenario)
+    assert (b / "fifo").is_fifo()
+    assert identical(a, b) == []
