@@ -66,6 +66,25 @@ async def connect(side: Side, lost: list[str]) -> tuple[Sender, BlockSync]:
     return sender, block_sync
 
 
+def make_sink(
+    on_out_of_date: Callable[[str], None],
+    *,
+    locktimeout: float = 5.0,
+    paired: bool = False,
+    journal: DirtyJournal | None = None,
+    nslog: NamespaceLog | None = None,
+) -> ReplicatingSink:
+    return ReplicatingSink(
+        exclude=never,
+        sendtimeout=5.0,
+        locktimeout=locktimeout,
+        on_out_of_date=on_out_of_date,
+        paired=paired,
+        journal=journal,
+        nslog=nslog,
+    )
+
+
 def identical(a: Path, b: Path) -> list[str]:
     return compare_digests(digest_lines(a), digest_lines(b))
 
@@ -141,14 +160,7 @@ def test_alone_changes_are_journaled_then_sent_incrementally(tmp_path: Path) -> 
 
     async def scenario() -> None:
         reported: list[str] = []
-        sink = ReplicatingSink(
-            exclude=never,
-            sendtimeout=5.0,
-            locktimeout=5.0,
-            on_out_of_date=reported.append,
-            journal=journal,
-            nslog=nslog,
-        )
+        sink = make_sink(reported.append, journal=journal, nslog=nslog)
         # ALONE: every change is journaled (durably) before the call returns.
         calls = mutate(a, random.Random(7), 15)
         for name, args in calls:
@@ -199,13 +211,7 @@ def test_lost_peer_requests_not_yet_durable_are_journaled(tmp_path: Path) -> Non
 
     async def scenario() -> None:
         reported: list[str] = []
-        sink = ReplicatingSink(
-            exclude=never,
-            sendtimeout=5.0,
-            locktimeout=5.0,
-            on_out_of_date=reported.append,
-            journal=journal,
-        )
+        sink = make_sink(reported.append, journal=journal)
         side = Side(b)
         side.receiver = Receiver(SECONDARY, side.apply)  # never syncs: nothing becomes durable
         lost: list[str] = []
@@ -235,13 +241,7 @@ def test_a_current_peer_lost_holds_requests_until_the_generation_is_persisted(
 
     async def scenario() -> None:
         reported: list[str] = []
-        sink = ReplicatingSink(
-            exclude=never,
-            sendtimeout=5.0,
-            locktimeout=30.0,
-            on_out_of_date=reported.append,
-            paired=True,
-        )
+        sink = make_sink(reported.append, locktimeout=30.0, paired=True)
         side = Side(b)
         lost: list[str] = []
         sender, _ = await connect(side, lost)
@@ -322,14 +322,7 @@ def test_a_fifo_created_while_alone_does_not_block_the_copy(tmp_path: Path) -> N
     nslog = NamespaceLog(tmp_path / "rfs0.journal.ns")
 
     async def scenario() -> None:
-        sink = ReplicatingSink(
-            exclude=never,
-            sendtimeout=5.0,
-            locktimeout=5.0,
-            on_out_of_date=lambda _: None,
-            journal=journal,
-            nslog=nslog,
-        )
+        sink = make_sink(lambda _: None, journal=journal, nslog=nslog)
         os.mkfifo(a / "fifo", 0o640)
         st = (a / "fifo").stat()
         node = NewNode(b"fifo", st.st_mode, 0, 0, 0, st.st_atime_ns, st.st_mtime_ns, 0)
