@@ -174,6 +174,10 @@ class ReplicatingSink(MutationSink):
         self.paired = paired
         self.sender: Sender | None = None
         self.current = False  # the peer holds everything written here (see the docstring)
+        # A copy to the connected peer has begun: from then on mutations go to it in the same
+        # stream. Before (connected, not current, no copy yet), they are journaled as if alone:
+        # applied now to a peer whose tree is behind, they could land in the wrong places.
+        self.copying = False
         self._connected = asyncio.Event()
         self._held: asyncio.Event | None = None  # set once the new generation is persisted
         self.counters = Counters()
@@ -194,6 +198,7 @@ class ReplicatingSink(MutationSink):
         """The connection is gone. A current peer misses what comes next: out of date. What it
         had not made durable is journaled (it may be lost with the peer's memory)."""
         self.sender = None
+        self.copying = False
         self._connected.clear()
         if self.journal is not None:
             for sent in self._sent:
@@ -300,8 +305,9 @@ class ReplicatingSink(MutationSink):
         sender = self.sender
         if sender is None and self.paired:
             sender = await self._wait_connection()
-        if sender is None:
-            # ALONE: the peer is out of date; what it will need is journaled before answering.
+        if sender is None or not (self.current or self.copying):
+            # ALONE, or the peer is behind and its copy has not begun: what it will need is
+            # journaled before answering.
             await self._journal_now(msg)
             return
         frame_type, header, payload = m.encode(msg)
@@ -486,6 +492,11 @@ class Copier:
         self._prefix = os.readlink(_proc(root_fd))
         self._inflight: collections.deque[asyncio.Future[int]] = collections.deque()
 
+    def _streaming(self) -> None:
+        """From now on the application's requests go to the peer (after what was queued)."""
+        if self._sink is not None:
+            self._sink.copying = True
+
     def _submit(self, msg: m.Message, done: Callable[[], None] | None = None) -> None:
         """Queue ``msg`` now; ``done`` runs once the peer reports it durable (copy progress)."""
         frame_type, header, payload = m.encode(msg)
@@ -532,6 +543,7 @@ class Copier:
         started = time.monotonic()
         self._submit(m.ResyncBegin(kind, generation))
         files = self._send_namespace()  # one synchronous step: no mutation interleaves
+        self._streaming()
         sizes = [os.fstat(fd).st_size for fd in files]
         self._counters.begin_copy(kind, sum(sizes), len(files))
         copied = 0
@@ -640,9 +652,11 @@ class Copier:
         renames and removals (a renamed file keeps its content there), then the listings."""
         started = time.monotonic()
         self._submit(m.ResyncBegin(kind, generation))
+        # The namespace changes the peer missed, in one synchronous step (no application
+        # request interleaves), then the application's requests stream to the peer too.
         for msg in nslog.messages() if nslog is not None else ():
             self._submit(msg)
-            await self._window()
+        self._streaming()
         estimate = journal.estimate(self._size_of)
         self._counters.begin_copy(kind, estimate.bytes, estimate.files)
         sent: set[tuple[bytes, int | None]] = set()
@@ -758,17 +772,28 @@ class Copier:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
+            path = self._path_of(fd)
+            if path is None:
+                return None
             if zones is None:
+                # The whole file: the peer's copy is emptied first, so nothing of an older
+                # content survives in what are holes here; the data read afterwards includes
+                # every write the application made before the read, the later ones follow.
+                self._submit(m.Truncate(path, 0, os.fstat(fd).st_mtime_ns))
                 return await self._copy_open_file(fd, lambda p: journal.done_file(p))
             sent = 0
             zone_size = journal.zone_size
             if shrink is not None:
                 # The file was cut shorter while the peer was away: cut the peer's copy first,
-                # so bytes beyond it that were not rewritten come back as zeros, as here.
-                path = self._path_of(fd)
-                if path is not None:
-                    mtime = os.fstat(fd).st_mtime_ns
-                    self._submit(m.Truncate(path, shrink, mtime), lambda: journal.done_shrink(rel))
+                # so bytes beyond it that were not rewritten come back as zeros, as here. The cut
+                # also removes what the application wrote past it during this copy (already on
+                # the peer): so everything past it is copied again, read after the cut.
+                st = os.fstat(fd)
+                self._submit(
+                    m.Truncate(path, shrink, st.st_mtime_ns), lambda: journal.done_shrink(rel)
+                )
+                tail = range(shrink // zone_size, -(-st.st_size // zone_size))
+                zones = sorted(set(zones).union(tail))
             for zone in zones:
                 path = self._path_of(fd)
                 if path is None or self._exclude(path, False):

@@ -211,14 +211,14 @@ def test_lost_peer_requests_not_yet_durable_are_journaled(tmp_path: Path) -> Non
 
     async def scenario() -> None:
         reported: list[str] = []
-        sink = make_sink(reported.append, journal=journal)
+        sink = make_sink(reported.append, journal=journal, paired=True)
         side = Side(b)
         side.receiver = Receiver(SECONDARY, side.apply)  # never syncs: nothing becomes durable
         lost: list[str] = []
         sender, _ = await connect(side, lost)
         sink.attach(sender)
         await sink.write(1, b"f", 0, b"x" * 10, 1)
-        assert journal.empty  # acknowledged: not journaled while the peer is connected
+        assert journal.empty  # acknowledged: not journaled while the peer is current
         await side.receiver.close()  # the peer dies
         while not lost:
             await asyncio.sleep(0.01)
@@ -349,3 +349,27 @@ def test_a_fifo_created_while_alone_does_not_block_the_copy(tmp_path: Path) -> N
     run(scenario)
     assert (b / "fifo").is_fifo()
     assert identical(a, b) == []
+
+
+def test_a_connected_peer_gets_nothing_before_its_copy_begins(tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    b.mkdir()
+    journal = DirtyJournal.open(tmp_path / "rfs0.journal")
+
+    async def scenario() -> None:
+        sink = make_sink(lambda _: None, journal=journal)
+        side = Side(b)
+        sender, _ = await connect(side, [])
+        try:
+            sink.attach(sender)  # not paired: the peer is behind
+            await sink.write(1, b"f", 0, b"x", 1)
+            assert sender.last_seq == 0, "sent to a peer whose tree is behind"
+            assert b"f" in journal.plan().files
+            sink.copying = True  # what the copier sets once its namespace step is queued
+            await sink.write(1, b"f", 1, b"y", 2)
+            assert sender.last_seq == 1
+        finally:
+            await sender.close()
+            await side.close()
+
+    run(scenario)
