@@ -502,3 +502,21 @@ for t in threads: t.join()
     for i in range(8):
         assert (d / f"w{i}").read_bytes() == bytes([i]) * 4096 * 200
     assert sum(args[3] for args in writes) == 8 * 200 * 4096
+
+
+def test_a_removed_name_of_a_hard_linked_file_reports_the_surviving_name(base: Path) -> None:
+    d = base / "data"
+    d.mkdir()
+    with mounted(d) as m:
+        (d / "sub").mkdir()
+        (d / "a").write_bytes(b"content")
+        os.link(d / "a", d / "sub" / "b")
+        os.link(d / "a", d / "c")
+        os.unlink(d / "a")  # lives on as sub/b and c
+        (d / "x").write_bytes(b"x")
+        os.rename(d / "x", d / "c")  # c replaced: the file lives on as sub/b
+        m.stop()
+    survivors = [args for op, args in m.mutations() if op == "survivor"]
+    assert survivors[0][0] == "a" and survivors[0][1] in ("sub/b", "c")
+    assert survivors[1] == ["c", "sub/b"]
+    assert (d / "sub" / "b").read_bytes() == b"content"

@@ -147,6 +147,7 @@ class Applier:
         # Inodes with several local names that a listing has already given to one listed name
         # during this resync: another listed name (not a hard link to it) must get its own file.
         self._claimed: set[tuple[int, int]] = set()
+        self._links_listed = True
 
     # ---- public ----------------------------------------------------------------------------------
 
@@ -241,6 +242,10 @@ class Applier:
             log.info("replication resync %s (generation %s) begins", msg.kind, msg.generation)
             self.in_sync = False
             self._claimed.clear()
+            # A full copy lists every name of every inode (link_to says which are links): it
+            # decides the link structure. An incremental copy lists only some directories and
+            # replays the links first: local hard links are then kept as they are.
+            self._links_listed = msg.kind != "incremental"
             self._listing = None
             self._listing_entries = []
         elif isinstance(msg, DirListing):
@@ -497,7 +502,7 @@ class Applier:
             return os.readlink(entry.name, dir_fd=dfd) == entry.target
         if stat.S_ISCHR(kind) or stat.S_ISBLK(kind):
             return st.st_rdev == entry.rdev
-        if stat.S_ISREG(kind) and st.st_nlink > 1:
+        if stat.S_ISREG(kind) and st.st_nlink > 1 and self._links_listed:
             # Another listed name already took this inode: this name needs a file of its own.
             return (st.st_dev, st.st_ino) not in self._claimed
         return True

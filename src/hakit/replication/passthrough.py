@@ -639,9 +639,31 @@ class PassthroughFS(pyfuse3.Operations):
         parent = self._rec(parent_inode)
         self._refuse(ctx, "unlink", repr(name))
         path = self._child_path(parent, name)
+        linked = self._hard_linked(parent.fd, name)
         os.unlink(name, dir_fd=parent.fd)
         self._epoch += 1
         await self._sink.unlink(path, os.stat(parent.fd).st_mtime_ns)
+        await self._report_survivor(linked, path)
+
+    def _hard_linked(self, dir_fd: int, name: bytes) -> tuple[int, int] | None:
+        """The key of ``name`` if it is a regular file with other hard links (before a removal)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            return (st.st_dev, st.st_ino)
+        return None
+
+    async def _report_survivor(self, key: tuple[int, int] | None, removed: bytes) -> None:
+        """After ``removed`` went away: tell the sink which name the file lives on as."""
+        if key is None:
+            return
+        ino = self._by_key.get(key)
+        rec = self._inodes.get(ino) if ino is not None else None
+        other = self._other_name(rec, removed) if rec is not None else self._scan_for(key, removed)
+        if other is not None:
+            await self._sink.survivor(removed, other)
 
     @_fuse_errors
     async def rmdir(
@@ -671,6 +693,8 @@ class PassthroughFS(pyfuse3.Operations):
         self._refuse(ctx, "rename", repr(name_old))
         old = self._child_path(old_parent, name_old)
         new = self._child_path(new_parent, name_new)
+        # A target replaced by the rename may live on under other hard links.
+        replaced = None if flags & 2 else self._hard_linked(new_parent.fd, name_new)
         if flags:
             _renameat2(old_parent.fd, name_old, new_parent.fd, name_new, flags)
         else:
@@ -686,6 +710,7 @@ class PassthroughFS(pyfuse3.Operations):
             os.stat(old_parent.fd).st_mtime_ns,
             os.stat(new_parent.fd).st_mtime_ns,
         )
+        await self._report_survivor(replaced, new)
 
     # ---- files -------------------------------------------------------------------------------
 

@@ -447,6 +447,16 @@ class ReplicatingSink(MutationSink):
         """Send REMOVEXATTR."""
         await self._send(m.RemoveXattr(path or b"", name), path)
 
+    async def survivor(self, removed: bytes, survivor: bytes) -> None:
+        """A hard-linked file lost the name the journal may know it by: while the peer gets
+        nothing (alone, or before its copy), the journal copies it whole under its survivor."""
+        if self.journal is None or self.current or self.copying:
+            return
+        if self._excluded(survivor):
+            return
+        if self.journal.whole(survivor):
+            await self._commit()
+
     async def fsync(self, ino: int, path: bytes | None, datasync: bool) -> None:
         """Send FSYNC (acknowledged after the peer's own flush)."""
         await self._send(m.Fsync(path or b"", datasync), path)

@@ -120,6 +120,11 @@ class MutationSink(abc.ABC):
     async def fsync(self, ino: int, path: bytes | None, datasync: bool) -> None:
         """The application asked for durability of this file or directory (done locally)."""
 
+    async def survivor(self, removed: bytes, survivor: bytes) -> None:  # noqa: B027
+        """Reported after an ``unlink`` (or a rename over a target) removed the name ``removed``
+        of a file that lives on as ``survivor`` (a hard link): whatever was recorded about the
+        file by its removed name now concerns the survivor. Nothing to do by default."""
+
 
 class NullSink(MutationSink):
     """Reports go nowhere: a plain pass-through (benchmarks, the module stopped, no peer)."""
@@ -275,6 +280,10 @@ class RecordingSink(MutationSink):
     async def fsync(self, ino: int, path: bytes | None, datasync: bool) -> None:
         """Record it."""
         self._add("fsync", ino, path, datasync)
+
+    async def survivor(self, removed: bytes, survivor: bytes) -> None:
+        """Record it."""
+        self._add("survivor", removed, survivor)
 
 
 def _jsonable(value: object) -> object:
