@@ -83,7 +83,10 @@ def assert_identical(c: Cluster) -> None:
     """node2's replica equals node1's tree, by the independent digest and by rfsverify."""
     differences = compare_digests(digest(c, "node1"), digest(c, "node2"))
     if differences:
-        logs = [c.hakit(n, "log", "-m", MODULE, "-A", "-s", "30", check=False) for n in ("node1", "node2")]
+        logs = [
+            c.hakit(n, "log", "-m", MODULE, "-A", "-s", "30", check=False)
+            for n in ("node1", "node2")
+        ]
         raise AssertionError("\n".join([*differences[:40], *logs]))
     out = c.hakit("node1", "rfsverify", "-m", MODULE)
     assert "identical" in out, out
@@ -114,8 +117,17 @@ def test_workloads_through_the_mount_are_replicated_identically(
     )
     denied = c.lab.run(
         "node1",
-        ["setpriv", "--reuid", "1001", "--regid", "1001", "--clear-groups", "bash", "-c",
-         f"echo x >> {DATA}/shared/u1000.txt"],
+        [
+            "setpriv",
+            "--reuid",
+            "1001",
+            "--regid",
+            "1001",
+            "--clear-groups",
+            "bash",
+            "-c",
+            f"echo x >> {DATA}/shared/u1000.txt",
+        ],
         timeout=30,
     )
     assert denied.returncode != 0, "uid 1001 must not write uid 1000's 0640 file"

@@ -46,7 +46,9 @@ def test_probe_records_who_answered_and_failures(tmp_path: Path) -> None:
     assert len(lines) >= 5
     assert {r["who"] for r in lines} == {socket.gethostname()}
     assert all(r["t1"] >= r["t0"] for r in lines)
-    assert asyncio.run(attempt("127.0.0.1", port, 0.5)) is None  # server gone: a failure, not a hang
+    assert (
+        asyncio.run(attempt("127.0.0.1", port, 0.5)) is None
+    )  # server gone: a failure, not a hang
     since = lines[2]["t0"]
     delay = first_answer_after(lines, socket.gethostname(), since)
     assert delay is not None and delay >= 0
