@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,29 +59,6 @@ MIB = 1024 * 1024
 BIG_FILE = 4 * MIB
 BIG_DIRS = 16
 SMALL_FILES = 256
-
-USERCONFIG = """<!DOCTYPE safe>
-<safe>
-  <service mode="mirror" failover="on" defaultprim="alone">
-    <heart pulse="200ms" timeout="2s">
-      <heartbeat name="default"/>
-    </heart>
-    <vip>
-      <interface_list>
-        <interface check="on">
-          <real_interface>
-            <virtual_addr addr="{vip}" where="one_side_alias"/>
-          </real_interface>
-        </interface>
-      </interface_list>
-    </vip>
-    <rfs>
-      <replicated dir="{data_dir}"/>
-    </rfs>
-    <user nicestoptimeout="10s" forcestoptimeout="10s"/>
-  </service>
-</safe>
-"""
 
 
 # ---- dataset and modification (run on a node, or on the host side before the first start) -----
@@ -357,8 +333,9 @@ def bench(args: argparse.Namespace) -> int:
         os.chmod(work, 0o755)
         vip = lab.status().vip_free[0]
         safe = work / f"{MODULE}.safe"
-        with zipfile.ZipFile(safe, "w") as z:
-            z.writestr("conf/userconfig.xml", USERCONFIG.format(vip=vip, data_dir=DATA_DIR))
+        from hakit.testing.lab_module import mirror_userconfig, replicated, write_safe
+
+        write_safe(safe, mirror_userconfig(vip=vip, rfs=replicated(DATA_DIR)))
         for node in ("node1", "node2"):
             hakit(lab, node, "module", "install", "-m", MODULE, str(safe))
             hakit(lab, node, "config", "-m", MODULE)
