@@ -50,8 +50,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-HAKIT = str(Path(sys.executable).parent / "hakit")
+from benchlib import HAKIT, REPO, git_state, hakit, run_on
+
 LAB = "hkreint"
 MODULE = "reintbench"
 DATA_DIR = "/srv/data"
@@ -156,18 +156,6 @@ def modify(root: Path, fraction: float, seed: int) -> dict[str, int]:
 # ---- lab helpers -------------------------------------------------------------------------------
 
 
-def run_on(lab: Any, node: str, argv: list[str], timeout: float = 120.0) -> str:
-    """Run ``argv`` on ``node``; its stdout, or RuntimeError with its output."""
-    r = lab.run(node, argv, timeout=timeout, cwd="/")
-    if r.returncode != 0:
-        raise RuntimeError(f"on {node}: {' '.join(argv)} -> {r.returncode}\n{r.stdout}{r.stderr}")
-    return str(r.stdout)
-
-
-def hakit(lab: Any, node: str, *args: str) -> str:
-    return run_on(lab, node, [HAKIT, *args])
-
-
 def module_state(lab: Any, node: str) -> dict[str, Any]:
     r = lab.run(node, [HAKIT, "state", "-m", MODULE, "--json"], timeout=30, cwd="/")
     if r.returncode != 0:
@@ -262,19 +250,6 @@ def timed_resync(lab: Any, name: str, size: int, action: list[str]) -> dict[str,
     ][-8:]
     print(f"{name}: {row}", file=sys.stderr, flush=True)
     return row
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and the files changed since (the numbers are of the working tree)."""
-
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return r.stdout.strip()
-
-    return {
-        "head": git("rev-parse", "HEAD"),
-        "changed": git("status", "--porcelain", "src").splitlines(),
-    }
 
 
 def table(rows: list[dict[str, Any]], size: int) -> str:

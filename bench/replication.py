@@ -48,12 +48,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchlib import HAKIT, REPO, git_state, hakit, run_on
+
 from hakit.lab import Lab
 from hakit.testing.lab_module import mirror_userconfig, replicated, write_safe
 from hakit.testing.workloads import compare_digests
 
-REPO = Path(__file__).resolve().parent.parent
-HAKIT = str(Path(sys.executable).parent / "hakit")
 LAB = "hkrepl"
 MODULE = "repbench"
 RAW_DIR = "/srv/raw"
@@ -85,18 +85,6 @@ def build_module(out: Path, vip: str, rfs_async: str | None) -> Path:
 
 
 # ---- lab helpers ------------------------------------------------------------------------------
-
-
-def run_on(lab: Lab, node: str, argv: list[str], timeout: float = 120.0) -> str:
-    """Run ``argv`` on ``node``; its stdout, or RuntimeError with its output."""
-    r = lab.run(node, argv, timeout=timeout, cwd="/")
-    if r.returncode != 0:
-        raise RuntimeError(f"on {node}: {' '.join(argv)} -> {r.returncode}\n{r.stdout}{r.stderr}")
-    return r.stdout
-
-
-def hakit(lab: Lab, node: str, *args: str) -> str:
-    return run_on(lab, node, [HAKIT, *args])
 
 
 def module_state(lab: Lab, node: str) -> tuple[str, str]:
@@ -235,19 +223,6 @@ def consistency(lab: Lab, seed: int, ops: int) -> dict[str, Any]:
         "entries": len(digests["node1"]),
         "identical": not diffs,
         "differences": diffs[:50],
-    }
-
-
-def git_state() -> dict[str, Any]:
-    """The commit measured, and the files changed since (the numbers are of the working tree)."""
-
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return r.stdout.strip()
-
-    return {
-        "head": git("rev-parse", "HEAD"),
-        "changed": git("status", "--porcelain", "src").splitlines(),
     }
 
 
