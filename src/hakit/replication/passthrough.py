@@ -544,6 +544,27 @@ class PassthroughFS(pyfuse3.Operations):
 
     # ---- namespace ---------------------------------------------------------------------------
 
+    async def _adopt(
+        self,
+        kind: str,
+        parent_inode: int,
+        parent: _Inode,
+        name: bytes,
+        parent_st: os.stat_result,
+        ctx: pyfuse3.RequestContext,
+        mode: int = 0,
+        target: bytes = b"",
+    ) -> pyfuse3.EntryAttributes:
+        """A node root just created: give it to the caller, learn it, report it."""
+        uid, gid = self._give_to_caller(parent_st, ctx)
+        if (uid, gid) != (0, 0):
+            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # chown cleared them
+        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
+        await self._report_new(kind, parent, name, attrs, target)
+        return attrs
+
     @_fuse_errors
     async def mknod(
         self,
@@ -558,14 +579,7 @@ class PassthroughFS(pyfuse3.Operations):
         self._refuse(ctx, "mknod", repr(name))
         pst = os.stat(parent.fd)
         os.mknod(name, mode, rdev, dir_fd=parent.fd)
-        uid, gid = self._give_to_caller(pst, ctx)
-        if (uid, gid) != (0, 0):
-            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-            if mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(name, stat.S_IMODE(mode), dir_fd=parent.fd)  # chown cleared them
-        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
-        await self._report_new("mknod", parent, name, attrs)
-        return attrs
+        return await self._adopt("mknod", parent_inode, parent, name, pst, ctx, mode)
 
     @_fuse_errors
     async def mkdir(
@@ -580,12 +594,7 @@ class PassthroughFS(pyfuse3.Operations):
         self._refuse(ctx, "mkdir", repr(name))
         pst = os.stat(parent.fd)
         os.mkdir(name, mode, dir_fd=parent.fd)
-        uid, gid = self._give_to_caller(pst, ctx)
-        if (uid, gid) != (0, 0):
-            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
-        await self._report_new("mkdir", parent, name, attrs)
-        return attrs
+        return await self._adopt("mkdir", parent_inode, parent, name, pst, ctx)
 
     @_fuse_errors
     async def symlink(
@@ -600,12 +609,7 @@ class PassthroughFS(pyfuse3.Operations):
         self._refuse(ctx, "symlink", repr(name))
         pst = os.stat(parent.fd)
         os.symlink(target, name, dir_fd=parent.fd)
-        uid, gid = self._give_to_caller(pst, ctx)
-        if (uid, gid) != (0, 0):
-            os.chown(name, uid, gid, dir_fd=parent.fd, follow_symlinks=False)
-        attrs = self._register(parent.fd, name, parent_ino=parent_inode)
-        await self._report_new("symlink", parent, name, attrs, target)
-        return attrs
+        return await self._adopt("symlink", parent_inode, parent, name, pst, ctx, target=target)
 
     @_fuse_errors
     async def link(
