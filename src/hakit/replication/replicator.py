@@ -600,18 +600,12 @@ class Replicator:
         return sorted({*plan.files, *plan.attrs})
 
     def _reset_journal(self) -> None:
+        """This node's own history is over: no journal means nothing recorded (a primary
+        replicator creates a fresh one)."""
         if self.req.journal:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.req.journal + ".ns")
-        if self.req.journal and os.path.exists(self.req.journal):
-            try:
-                journal = DirtyJournal.open(Path(self.req.journal), zone_size=self.req.zone_size)
-                journal.reset()
-                journal.close()
-            except HakitError as exc:
-                log.warning("replication: cannot reset the journal: %s", exc)
-                with contextlib.suppress(OSError):
-                    os.unlink(self.req.journal)
+            for path in (self.req.journal, self.req.journal + ".ns"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
 
     def _sync_backing(self) -> None:
         """Make everything applied so far durable (called in a worker thread)."""
