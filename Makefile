@@ -10,7 +10,7 @@ APT_PACKAGES := iproute2 nftables fuse3 libfuse3-dev pkg-config util-linux procp
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml csrc/fuseshim.c csrc/fuseshim.map
 	@if [ "$$(id -u)" != 0 ]; then echo "make install: run as root (apt-get, network namespaces)"; exit 1; fi
 	@missing=""; for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

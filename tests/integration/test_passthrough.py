@@ -415,6 +415,67 @@ def test_sparse_files_keep_their_holes(base: Path) -> None:
             os.close(fd)
 
 
+def seek(fd: int, offset: int, whence: int) -> int | str:
+    """lseek's result, or the name of its error."""
+    try:
+        return os.lseek(fd, offset, whence)
+    except OSError as exc:
+        return errno.errorcode[exc.errno or 0]
+
+
+def test_fallocate_and_seek_hole_reach_the_backing_file_and_are_reported(base: Path) -> None:
+    from hakit.testing.workloads import (
+        FALLOC_FL_KEEP_SIZE,
+        FALLOC_FL_PUNCH_HOLE,
+        FALLOC_FL_ZERO_RANGE,
+        fallocate,
+    )
+
+    d = make_data_dir(base)
+    mib = 1024 * 1024
+    punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    backing_dir = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # the real directory, under the mount
+    try:
+        with mounted(d) as m:
+            assert "not served" not in m.early_output, m.early_output
+            fd = os.open(d / "f", os.O_CREAT | os.O_RDWR, 0o644)
+            backing = os.open("f", os.O_RDONLY, dir_fd=backing_dir)
+            try:
+                os.pwrite(fd, b"x" * (2 * mib), 0)
+                fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 8 * mib)  # allocated, size unchanged
+                assert os.fstat(fd).st_size == 2 * mib
+                fallocate(fd, 0, 2 * mib, mib)  # grows the file by an allocated (zero) range
+                assert os.fstat(fd).st_size == 3 * mib
+                fallocate(fd, FALLOC_FL_ZERO_RANGE, 4096, 4096)
+                fallocate(fd, punch, mib, 256 * 1024)  # a hole inside the data
+                assert os.pread(fd, 8192, 0) == b"x" * 4096 + bytes(4096)
+                assert os.pread(fd, 4, mib) == bytes(4)
+                assert os.pread(backing, 8192, 0) == b"x" * 4096 + bytes(4096)
+                assert os.fstat(backing).st_blocks * 512 >= 8 * mib - 256 * 1024
+                # SEEK_HOLE/SEEK_DATA through the mount give the backing file's own answers.
+                for offset in (0, 4096, mib - 1, mib, mib + 4096, 2 * mib, 3 * mib - 1):
+                    for whence in (os.SEEK_HOLE, os.SEEK_DATA):
+                        assert seek(fd, offset, whence) == seek(backing, offset, whence)
+                assert os.lseek(fd, mib, os.SEEK_HOLE) == mib
+                assert os.lseek(fd, mib, os.SEEK_DATA) >= mib + 256 * 1024
+                with pytest.raises(OSError) as past_end:
+                    os.lseek(fd, 3 * mib, os.SEEK_DATA)
+                assert past_end.value.errno == errno.ENXIO
+            finally:
+                os.close(fd)
+                os.close(backing)
+            m.stop()
+    finally:
+        os.close(backing_dir)
+    fallocs = [args for op, args in m.mutations() if op == "fallocate"]
+    assert [(a[1], a[2], a[3], a[4]) for a in fallocs] == [
+        ("f", FALLOC_FL_KEEP_SIZE, 0, 8 * mib),
+        ("f", 0, 2 * mib, mib),
+        ("f", FALLOC_FL_ZERO_RANGE, 4096, 4096),
+        ("f", punch, mib, 256 * 1024),
+    ]
+
+
 def test_read_only_mount_refuses_and_logs_changes(base: Path) -> None:
     d = make_data_dir(base)
     with mounted(d, "--read-only") as m:

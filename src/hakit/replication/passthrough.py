@@ -26,9 +26,11 @@ before the reply (see :mod:`hakit.replication.sink` for the ordering contract). 
 (the secondary) every mutating request is refused with ``EROFS`` and logged with the caller's pid
 and command.
 
-Not offered by pyfuse3 3.5 (so the kernel answers for the filesystem): ``fallocate`` (EOPNOTSUPP;
-``posix_fallocate`` falls back to writing), ``lseek`` with ``SEEK_HOLE``/``SEEK_DATA`` (the whole
-file reads as data, holes are still kept in the backing files), ``copy_file_range`` (the kernel
+pyfuse3 3.5 does not register ``fallocate`` and ``lseek`` (``SEEK_DATA``/``SEEK_HOLE``): the
+shim under it (:mod:`hakit.replication.fuseshim`) adds them and routes them to
+:meth:`PassthroughFS.on_fallocate` and :meth:`PassthroughFS.on_lseek`; the mount logs it if the
+shim could not take its place (then the kernel answers: ``fallocate`` fails with EOPNOTSUPP, and
+``posix_fallocate`` falls back to writing zeros). ``copy_file_range`` is not offered (the kernel
 copies through read and write). Locks (``flock``, ``fcntl``) are handled by the kernel locally.
 """
 
@@ -57,6 +59,7 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from hakit.errors import LocalSystemError, UserConfigError
+from hakit.replication import fuseshim
 from hakit.replication.sink import MutationSink, NewNode, NullSink, RecordingSink
 
 log = logging.getLogger("hakit.replication")
@@ -109,6 +112,10 @@ def _utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
 
 def _renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) -> None:
     _check(_libc.renameat2(old_dir, old, new_dir, new, ctypes.c_uint(flags)), "renameat2")
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    _check(_libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)), "fallocate")
 
 
 def _proc(fd: int) -> str:
@@ -208,6 +215,8 @@ class PassthroughFS(pyfuse3.Operations):
         # Bumped by every operation that can change a name (rename, unlink, rmdir): cached paths
         # are trusted only while it is unchanged, so a write costs no readlink in steady state.
         self._epoch = 0
+        self._shim = fuseshim.load()
+        self._replies: set[asyncio.Task[None]] = set()  # fallocate/lseek work in flight
 
     @property
     def root_fd(self) -> int:
@@ -402,7 +411,9 @@ class PassthroughFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return name if base == b"" else base + b"/" + name
 
-    def _refuse(self, ctx: pyfuse3.RequestContext, what: str, target: str) -> None:
+    def _refuse(
+        self, ctx: pyfuse3.RequestContext | fuseshim.Caller, what: str, target: str
+    ) -> None:
         if self._read_only:
             try:
                 comm = Path(f"/proc/{ctx.pid}/comm").read_text().strip()
@@ -812,6 +823,62 @@ class PassthroughFS(pyfuse3.Operations):
         else:
             await self._flush(sync, fd)
 
+    # ---- what pyfuse3 does not register (reached through the shim, see fuseshim) ----------------
+
+    def on_fallocate(
+        self, req: fuseshim.Request, ino: int, mode: int, offset: int, length: int, fh: int
+    ) -> None:
+        """The shim's ``fallocate`` handler: start the work; it replies."""
+        self._reply_later(req, self._fallocate(req, mode, offset, length, fh), None)
+
+    def on_lseek(self, req: fuseshim.Request, ino: int, offset: int, whence: int, fh: int) -> None:
+        """The shim's ``lseek`` handler (``SEEK_DATA``/``SEEK_HOLE``): start the work; it replies."""
+        assert self._shim is not None
+        self._reply_later(req, self._lseek(offset, whence, fh), self._shim.reply_lseek)
+
+    def _reply_later(
+        self,
+        req: fuseshim.Request,
+        work: Coroutine[Any, Any, int],
+        reply: Callable[[fuseshim.Request, int], None] | None,
+    ) -> None:
+        shim = self._shim
+        assert shim is not None
+
+        async def run() -> None:
+            try:
+                result = await work
+            except pyfuse3.FUSEError as exc:
+                shim.reply_err(req, exc.errno)
+            else:
+                if reply is None:
+                    shim.reply_err(req, 0)
+                else:
+                    reply(req, result)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    @_fuse_errors
+    async def _fallocate(
+        self, req: fuseshim.Request, mode: int, offset: int, length: int, fh: int
+    ) -> int:
+        """Apply ``fallocate`` to the backing file with the application's mode, then report it."""
+        assert self._shim is not None
+        f = self._files[fh]
+        rec = self._inodes.get(f.ino)
+        path = self._path(rec) if rec is not None else None
+        self._refuse(self._shim.caller(req), "fallocate", repr(path))
+        _fallocate(f.fd, mode, offset, length)
+        await self._sink.fallocate(f.ino, path, mode, offset, length, os.stat(f.fd).st_mtime_ns)
+        return 0
+
+    @_fuse_errors
+    async def _lseek(self, offset: int, whence: int, fh: int) -> int:
+        """Where the next data or hole is, as the backing file says (ENXIO past the end)."""
+        return os.lseek(self._files[fh].fd, offset, whence)
+
     # ---- directories -------------------------------------------------------------------------
 
     @_fuse_errors
@@ -1034,11 +1101,24 @@ def mount(
     os.umask(0)  # the kernel applied the caller's umask already
     root_fd = open_backing_dir(path)
     fs = PassthroughFS(root_fd, sink, read_only=read_only, flush_runner=flush_runner)
+    shim = fuseshim.load()
+    if shim is not None:
+        shim.set_handlers(fs.on_fallocate, fs.on_lseek)
+    sessions = shim.sessions() if shim is not None else 0
     try:
         pyfuse3.init(fs, path, set(_MOUNT_OPTIONS))
     except BaseException:
+        if shim is not None:
+            shim.clear_handlers()
         fs.close()
         raise
+    if shim is None or shim.sessions() == sessions:
+        log.warning(
+            "%s: fallocate and SEEK_DATA/SEEK_HOLE are not served (the kernel answers "
+            "EOPNOTSUPP for fallocate): %s",
+            path,
+            fuseshim.load_error() or "the FUSE shim was not used by pyfuse3's session",
+        )
     log.info("%s: replication filesystem mounted (%s)", path, "read-only" if read_only else "rw")
     return fs
 
@@ -1048,6 +1128,9 @@ def unmount(fs: PassthroughFS) -> None:
     try:
         pyfuse3.close(unmount=True)
     finally:
+        shim = fuseshim.load()
+        if shim is not None:
+            shim.clear_handlers()
         fs.close()
         log.info("replication filesystem unmounted")
 

@@ -427,6 +427,12 @@ class ReplicatingSink(MutationSink):
         """Send TRUNCATE."""
         await self._send(m.Truncate(path or b"", size, mtime_ns), path)
 
+    async def fallocate(
+        self, ino: int, path: bytes | None, mode: int, offset: int, length: int, mtime_ns: int
+    ) -> None:
+        """Send FALLOCATE."""
+        await self._send(m.Fallocate(path or b"", mode, offset, length, mtime_ns), path)
+
     async def chmod(self, path: bytes | None, mode: int) -> None:
         """Send SETATTR (mode)."""
         await self._send(m.SetAttr(path or b"", mode=mode), path)

@@ -97,6 +97,13 @@ class MutationSink(abc.ABC):
         """The file's size was set to ``size`` (shrunk, or extended with a hole)."""
 
     @abc.abstractmethod
+    async def fallocate(
+        self, ino: int, path: bytes | None, mode: int, offset: int, length: int, mtime_ns: int
+    ) -> None:
+        """``fallocate(2)`` with ``mode`` (0, ``FALLOC_FL_KEEP_SIZE``, ``PUNCH_HOLE``,
+        ``ZERO_RANGE``...) was applied to ``length`` bytes at ``offset``."""
+
+    @abc.abstractmethod
     async def chmod(self, path: bytes | None, mode: int) -> None:
         """Permission bits are now ``mode`` (``& 0o7777``)."""
 
@@ -161,6 +168,11 @@ class NullSink(MutationSink):
         """Nothing to do."""
 
     async def truncate(self, ino: int, path: bytes | None, size: int, mtime_ns: int) -> None:
+        """Nothing to do."""
+
+    async def fallocate(
+        self, ino: int, path: bytes | None, mode: int, offset: int, length: int, mtime_ns: int
+    ) -> None:
         """Nothing to do."""
 
     async def chmod(self, path: bytes | None, mode: int) -> None:
@@ -256,6 +268,12 @@ class RecordingSink(MutationSink):
     async def truncate(self, ino: int, path: bytes | None, size: int, mtime_ns: int) -> None:
         """Record it."""
         self._add("truncate", ino, path, size)
+
+    async def fallocate(
+        self, ino: int, path: bytes | None, mode: int, offset: int, length: int, mtime_ns: int
+    ) -> None:
+        """Record it."""
+        self._add("fallocate", ino, path, mode, offset, length)
 
     async def chmod(self, path: bytes | None, mode: int) -> None:
         """Record it."""

@@ -4,8 +4,10 @@ Run inside a lab node (``python -m hakit.testing.workloads KIND ...``) or import
 
 * ``fsx DIR``: fsx-style random operations on one or a few files (writes at random offsets and
   lengths, beyond EOF too so holes appear, truncates up and down by path and by descriptor,
-  reopens, fsyncs), each result checked against an in-memory model of the bytes; a mismatch names
-  the operation number, the file and the first differing offset.
+  ``fallocate`` that allocates, keeps the size, punches holes or zeroes ranges, reopens, fsyncs),
+  each result checked against an in-memory model of the bytes; a mismatch names the operation
+  number, the file and the first differing offset. ``--no-fallocate`` leaves ``fallocate`` out
+  (for a file system that refuses it).
 * ``fsstress DIR``: namespace churn (create, mkdir, rmdir, unlink, rename over existing targets and
   across directories, link, symlink, mkfifo, chmod, chown, utime, user xattrs, writes, truncates)
   against a model of the tree: every call's outcome, success or the exact errno, is predicted by
@@ -31,6 +33,7 @@ Exit codes: 0 success, 1 the data or the tree differs from what it must be (the 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import hashlib
 import json
@@ -109,6 +112,28 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
     return b"".join(chunks)
 
 
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOCATE_MODES = {
+    "falloc": 0,
+    "falloc-keep-size": FALLOC_FL_KEEP_SIZE,
+    "punch-hole": FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    "zero-range": FALLOC_FL_ZERO_RANGE,
+    "zero-range-keep-size": FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+}
+"""fsx's fallocate operations and their ``fallocate(2)`` modes."""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """``fallocate(2)`` (Python's ``os.posix_fallocate`` has no mode); OSError on failure."""
+    if _libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"fallocate(mode={mode:#x}, {offset}, {length}): {os.strerror(code)}")
+
+
 def fsx(
     directory: Path,
     *,
@@ -118,14 +143,16 @@ def fsx(
     max_len: int = 256 * KiB,
     max_io: int = 64 * KiB,
     log: Path | None = None,
+    fallocate: bool = True,
 ) -> dict[str, int]:
     """Random file operations on ``files`` files ``DIR/fsx.<i>``, each checked against a model.
 
     Writes start anywhere below ``max_len`` (so past EOF: holes), truncates go up or down, reads
-    compare with the model, fsync and reopen happen sometimes; every operation also checks the
-    size. The files are recreated empty first. Returns counts per operation kind; raises
-    WorkloadFailure naming the op number, file and offset on the first mismatch. ``log`` gets
-    one line per operation (to replay a failure by hand).
+    compare with the model, ``fallocate`` (unless ``fallocate`` is False) allocates (growing the
+    file or not), punches holes and zeroes ranges, fsync and reopen happen sometimes; every
+    operation also checks the size. The files are recreated empty first. Returns counts per
+    operation kind; raises WorkloadFailure naming the op number, file and offset on the first
+    mismatch. ``log`` gets one line per operation (to replay a failure by hand).
     """
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -135,6 +162,9 @@ def fsx(
         handles.append(_FsxFile(path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)))
     kinds = ["write", "read", "truncate", "ftruncate", "fsync", "reopen", "open-trunc"]
     weights = [40, 25, 8, 8, 8, 5, 1]
+    if fallocate:
+        kinds += list(FALLOCATE_MODES)
+        weights += [2] * len(FALLOCATE_MODES)
     counts = dict.fromkeys(kinds, 0)
     out = log.open("w") if log is not None else None
     try:
@@ -188,6 +218,18 @@ def _fsx_op(
         else:
             f.model.extend(bytes(size - len(f.model)))
         return f"size={size}"
+    if kind in FALLOCATE_MODES:
+        mode = FALLOCATE_MODES[kind]
+        off, length = rng.randrange(max_len), rng.randrange(1, max_io + 1)
+        fallocate(f.fd, mode, off, length)
+        end = off + length if mode & FALLOC_FL_KEEP_SIZE == 0 else len(f.model)
+        if end > len(f.model):
+            f.model.extend(bytes(end - len(f.model)))  # allocated space reads as zeros
+        if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+            stop = min(off + length, len(f.model))
+            if off < stop:
+                f.model[off:stop] = bytes(stop - off)
+        return f"off={off} len={length} mode={mode:#x}"
     if kind == "fsync":
         os.fsync(f.fd)
         return ""
@@ -1032,9 +1074,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--log", type=Path, help="the op log (fsx) or confirmed numbers (records)")
         return p
 
-    add("fsx", "random I/O on a few files, checked against a model", 2000).add_argument(
-        "--files", type=int, default=1
-    )
+    p = add("fsx", "random I/O on a few files, checked against a model", 2000)
+    p.add_argument("--files", type=int, default=1)
+    p.add_argument("--no-fallocate", action="store_true", help="leave fallocate out")
     add("fsstress", "namespace churn checked against a model", 2000)
     for name, text in (
         ("records", "append fsynced records, confirm their numbers in --log"),
@@ -1062,7 +1104,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(ns: argparse.Namespace) -> int:
     if ns.kind == "fsx":
-        print(json.dumps(fsx(ns.dir, seed=ns.seed, ops=ns.ops, files=ns.files, log=ns.log)))
+        counts = fsx(
+            ns.dir,
+            seed=ns.seed,
+            ops=ns.ops,
+            files=ns.files,
+            log=ns.log,
+            fallocate=not ns.no_fallocate,
+        )
+        print(json.dumps(counts))
     elif ns.kind == "fsstress":
         print(json.dumps(fsstress(ns.dir, seed=ns.seed, ops=ns.ops)))
     elif ns.kind in ("records", "check-records"):

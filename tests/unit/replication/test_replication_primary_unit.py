@@ -23,7 +23,13 @@ from hakit.replication.primary import Copier, Counters, ReplicatingSink, journal
 from hakit.replication.sink import NewNode
 from hakit.replication.transport import Identity, Receiver, Sender
 from hakit.replication.wire import Frame
-from hakit.testing.workloads import compare_digests, digest_lines
+from hakit.testing.workloads import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    compare_digests,
+    digest_lines,
+    fallocate,
+)
 
 KEY = bytes(range(32))
 PRIMARY = Identity(KEY, "node1", "node2", "mirror", 0)
@@ -99,7 +105,16 @@ def mutate(root: Path, rng: random.Random, rounds: int) -> list[tuple[str, tuple
     files = sorted(p for p in root.rglob("*") if p.is_file())
     for i in range(rounds):
         choice = rng.random()
-        if choice < 0.6 and files:
+        if choice < 0.1 and files:
+            f = rng.choice(files)
+            mode = rng.choice([FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, FALLOC_FL_KEEP_SIZE])
+            offset, length = rng.randrange(0, 3 * 1024 * 1024), rng.randrange(1, 300_000)
+            fd = os.open(f, os.O_WRONLY)
+            fallocate(fd, mode, offset, length)
+            os.close(fd)
+            rel = os.fsencode(f.relative_to(root))
+            calls.append(("fallocate", (1, rel, mode, offset, length, f.stat().st_mtime_ns)))
+        elif choice < 0.6 and files:
             f = rng.choice(files)
             offset = rng.randrange(0, 3 * 1024 * 1024)
             data = rng.randbytes(rng.randrange(1, 200_000))
@@ -166,7 +181,13 @@ def test_alone_changes_are_journaled_then_sent_incrementally(tmp_path: Path) -> 
         for name, args in calls:
             await getattr(sink, name)(*args)
         assert not journal.empty
-        modified = sum(len(args[3]) for name, args in calls if name == "write")  # type: ignore[arg-type]
+        modified = 0
+        for name, args in calls:
+            if name == "write":
+                modified += len(args[3])  # type: ignore[arg-type]
+            elif name == "fallocate":
+                modified += int(args[4])  # type: ignore[call-overload]
+        assert {"write", "fallocate", "rename"} <= {name for name, _ in calls}
         # The peer comes back: the copier sends what the journal lists, nothing else.
         side = Side(b)
         lost: list[str] = []
@@ -272,6 +293,7 @@ def test_journal_ops_cover_every_mutation() -> None:
     ]
     assert journal_ops(m.Write(b"a", 5, 0, b"abc")) == [("write", (b"a", 5, 3))]
     assert journal_ops(m.SetXattr(b"a", b"user.x", b"v")) == [("attrs", (b"a",))]
+    assert journal_ops(m.Fallocate(b"a", 0, 7, 9, 0)) == [("write", (b"a", 7, 9))]
     assert journal_ops(m.Fsync(b"a", False)) == []
 
 
