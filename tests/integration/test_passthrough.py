@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -474,6 +475,34 @@ def test_fallocate_and_seek_hole_reach_the_backing_file_and_are_reported(base: P
         ("f", FALLOC_FL_ZERO_RANGE, 4096, 4096),
         ("f", punch, mib, 256 * 1024),
     ]
+
+
+def test_a_file_capability_set_after_writes_is_seen_and_cleared_by_a_write(base: Path) -> None:
+    # The kernel asks for security.capability before every write; the answer "none" is
+    # remembered per inode, which setxattr must forget.
+    d = make_data_dir(base)
+    caps = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)  # v2, effective, NET_BIND_SERVICE
+    with mounted(d) as m:
+        f = d / "tool"
+        f.write_bytes(b"#!/bin/sh\n")
+        with open(f, "ab") as out:
+            out.write(b"true\n")  # asked (and answered "none") before this write
+        with pytest.raises(OSError):
+            os.getxattr(f, "security.capability")
+        os.setxattr(f, "security.capability", caps)
+        assert os.getxattr(f, "security.capability") == caps
+        m.stop()
+    assert os.getxattr(d / "tool", "security.capability") == caps
+    with mounted(d) as m:
+        f.chmod(0o777)
+        proc = as_nobody("open('tool', 'ab').write(b'# x\\n')", d)
+        assert proc.returncode == 0, proc.stderr
+        with pytest.raises(OSError) as gone:  # the write by another user removed it
+            os.getxattr(f, "security.capability")
+        assert gone.value.errno == errno.ENODATA
+        m.stop()
+    removed = [args for op, args in m.mutations() if op == "removexattr"]
+    assert [a[1] for a in removed] == ["security.capability"]
 
 
 def test_read_only_mount_refuses_and_logs_changes(base: Path) -> None:

@@ -355,6 +355,10 @@ class Applier:
         if not path:
             sync(self._root)
             return
+        writer = self._writers.get(path)
+        if writer is not None:  # the file the writes before this flush went to
+            sync(writer)
+            return
         fd = os.open(
             path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=self._root
         )

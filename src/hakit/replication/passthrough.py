@@ -83,6 +83,7 @@ _STRIP_OPEN_FLAGS = (
 _WRITE_ACCESS = (os.O_WRONLY, os.O_RDWR)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_CAPS = b"security.capability"
 
 
 class _Timespec(ctypes.Structure):
@@ -215,6 +216,11 @@ class PassthroughFS(pyfuse3.Operations):
         # Bumped by every operation that can change a name (rename, unlink, rmdir): cached paths
         # are trusted only while it is unchanged, so a write costs no readlink in steady state.
         self._epoch = 0
+        # Inodes known to have no security.capability: the kernel asks for it before every write
+        # (to clear it), and the answer is always "none" for ordinary files. Only this filesystem
+        # changes the backing tree of a primary, and only setxattr can add it; not used on a
+        # read-only secondary (the receiver changes files underneath).
+        self._no_caps: set[int] = set()
         self._shim = fuseshim.load()
         self._replies: set[asyncio.Task[None]] = set()  # fallocate/lseek work in flight
 
@@ -301,6 +307,7 @@ class PassthroughFS(pyfuse3.Operations):
             return
         rec.nlookup -= count
         if rec.nlookup <= 0:
+            self._no_caps.discard(ino)
             del self._inodes[ino]
             del self._by_key[rec.key]
             os.close(rec.fd)
@@ -810,18 +817,30 @@ class PassthroughFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        """Flush locally (inline, or through the flush runner), then report it."""
+        """Flush locally and report it; both at once with a flush runner (see _flush_and_report)."""
         f = self._files[fh]
-        sync = os.fdatasync if datasync else os.fsync
-        await self._run_flush(sync, f.fd)
         rec = self._inodes.get(f.ino)
-        await self._sink.fsync(f.ino, self._path(rec) if rec is not None else None, datasync)
+        path = self._path(rec) if rec is not None else None
+        sync = os.fdatasync if datasync else os.fsync
+        await self._flush_and_report(sync, f.fd, f.ino, path, datasync)
 
-    async def _run_flush(self, sync: Callable[[int], None], fd: int) -> None:
+    async def _flush_and_report(
+        self, sync: Callable[[int], None], fd: int, ino: int, path: bytes | None, datasync: bool
+    ) -> None:
+        """The local flush and the sink's ``fsync`` (the peer's flush): with a flush runner they
+        run at the same time (the flush in a worker thread, the report queued meanwhile), so an
+        fsync costs the slower of the two, not their sum; inline, one after the other. Either
+        way the call returns only when both are done, and the report is ordered after every
+        change that preceded the application's fsync()."""
         if self._flush is None:
             sync(fd)  # inline: the loop waits for the disk, other requests wait with it
-        else:
-            await self._flush(sync, fd)
+            await self._sink.fsync(ino, path, datasync)
+            return
+        local = asyncio.ensure_future(self._flush(sync, fd))
+        try:
+            await self._sink.fsync(ino, path, datasync)
+        finally:
+            await local
 
     # ---- what pyfuse3 does not register (reached through the shim, see fuseshim) ----------------
 
@@ -919,11 +938,11 @@ class PassthroughFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        """Make the directory's entries durable, then report it."""
+        """Make the directory's entries durable here and on the peer (see _flush_and_report)."""
         d = self._dirs[fh]
-        await self._run_flush(os.fsync, d.fd)
         rec = self._inodes.get(d.ino)
-        await self._sink.fsync(d.ino, self._path(rec) if rec is not None else None, datasync)
+        path = self._path(rec) if rec is not None else None
+        await self._flush_and_report(os.fsync, d.fd, d.ino, path, datasync)
 
     # ---- extended attributes -----------------------------------------------------------------
 
@@ -938,6 +957,7 @@ class PassthroughFS(pyfuse3.Operations):
         """Set an extended attribute."""
         rec = self._rec(inode)
         self._refuse(ctx, "setxattr", repr(self._path(rec)))
+        self._no_caps.discard(inode)
         os.setxattr(_proc(rec.fd), name, value)
         await self._sink.setxattr(self._path(rec), name, value)
 
@@ -945,11 +965,15 @@ class PassthroughFS(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        """Read an extended attribute."""
+        """Read an extended attribute (see ``_no_caps`` for the one asked before every write)."""
+        if name == _CAPS and inode in self._no_caps:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
             return os.getxattr(_proc(self._rec(inode).fd), name)
         except OSError as exc:
             if exc.errno == errno.ENODATA:
+                if name == _CAPS and not self._read_only:
+                    self._no_caps.add(inode)
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
 

@@ -260,7 +260,9 @@ class Replicator:
                 journal=self._open_journal(),
                 nslog=self._open_nslog(),
             )
-            self.fs = passthrough.mount(req.directory, self.sink)
+            self.fs = passthrough.mount(
+                req.directory, self.sink, flush_runner=passthrough.flush_in_thread
+            )
         else:
             self.fs = passthrough.mount(req.directory, NullSink(), read_only=True)
             self.applier = Applier(
@@ -626,8 +628,9 @@ class Replicator:
     async def _apply(self, frame: Frame) -> None:
         assert self.applier is not None
         msg = m.decode(frame)
-        if isinstance(msg, m.Hashes):
-            # Hashing a large file takes seconds: off the loop, which keeps acknowledging.
+        if isinstance(msg, m.Hashes | m.Fsync):
+            # Hashing a large file takes seconds, a flush waits for the disk: off the loop,
+            # which keeps receiving and acknowledging the requests that follow meanwhile.
             end = await asyncio.to_thread(self.applier.apply, msg)
         else:
             end = self.applier.apply(msg)

@@ -10,9 +10,10 @@ Ordering contract: sink methods are *called* (their coroutine started) in the or
 were applied locally, with no suspension point in between: the filesystem runs on one asyncio loop
 and does ``syscall(); await sink.m(...)``. An implementation that assigns its stream position
 before its first ``await`` therefore sends mutations in exactly the local order, while many calls
-can be awaiting their acknowledgements at once (pipelining). ``fsync`` is reported after the local
-flush (inline on the loop by default, or in a worker thread), so it is ordered after every mutation
-that preceded the application's ``fsync()`` call, which is all POSIX asks.
+can be awaiting their acknowledgements at once (pipelining). ``fsync`` is reported when the
+application asks for it, after every mutation that preceded its ``fsync()`` call (which is all
+POSIX asks); the local flush runs meanwhile (in a worker thread) or just before (inline), and the
+call returns once both the local flush and the sink's ``fsync`` are done.
 
 Paths are relative to the replicated directory, as bytes (file names are bytes on Linux),
 ``b""`` being the directory itself. ``ino`` identifies a file for ordering (the filesystem's inode
@@ -125,7 +126,8 @@ class MutationSink(abc.ABC):
 
     @abc.abstractmethod
     async def fsync(self, ino: int, path: bytes | None, datasync: bool) -> None:
-        """The application asked for durability of this file or directory (done locally)."""
+        """The application asked for durability of this file or directory (flushed locally at the
+        same time, or already)."""
 
     async def survivor(self, removed: bytes, survivor: bytes) -> None:  # noqa: B027
         """Reported after an ``unlink`` (or a rename over a target) removed the name ``removed``

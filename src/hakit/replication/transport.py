@@ -91,7 +91,9 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
 
 
 class _Batcher:
-    """Collects frames queued during one loop turn and writes them in one go."""
+    """Writes the first frame of a loop turn at once (a lone request or ack must not wait a turn:
+    that costs every synchronous write a loop iteration on each side) and collects the frames
+    queued after it in the same turn, to write them in one go at the end of the turn."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
@@ -99,14 +101,20 @@ class _Batcher:
         self._scheduled = False
 
     def queue(self, data: bytes) -> None:
-        self._chunks.append(data)
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._scheduled:
+            self._chunks.append(data)
+            return
+        self._scheduled = True
+        asyncio.get_running_loop().call_soon(self._flush)
+        if not self._writer.is_closing():
+            self._writer.write(data)
 
     def _flush(self) -> None:
         self._scheduled = False
-        data, self._chunks = b"".join(self._chunks), []
+        if not self._chunks:
+            return
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks = []
         if not self._writer.is_closing():
             self._writer.write(data)
 
@@ -473,10 +481,6 @@ class _Connection:
             frame = await self._queue.get()
             if frame is None:
                 return
-            if self._ack_scheduled:
-                # Acknowledge what was received before applying (a 1 MiB write takes ~1 ms to
-                # apply): with async="second" the primary's application waits for this ack.
-                self._send_ack()
             try:
                 await self._apply(frame)
             except Exception as exc:  # the peer is out of date: tell it, and stop
@@ -518,12 +522,20 @@ class _Connection:
         return self._received
 
     def _schedule_ack(self) -> None:
-        if not self._ack_scheduled:
-            self._ack_scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_ack)
+        """Acknowledge what may be: at once if no ACK left during this loop turn (the primary's
+        application is waiting for it; with async="second" it leaves before the request is
+        applied), else once at the end of the turn, for everything received meanwhile."""
+        if self._ack_scheduled:
+            return
+        self._send_ack()
+        self._ack_scheduled = True
+        asyncio.get_running_loop().call_soon(self._end_of_turn_ack)
+
+    def _end_of_turn_ack(self) -> None:
+        self._ack_scheduled = False
+        self._send_ack()
 
     def _send_ack(self) -> None:
-        self._ack_scheduled = False
         upto = self._ackable()
         if upto > self._acked:
             self._acked = upto
