@@ -827,12 +827,12 @@ class PassthroughFS(pyfuse3.Operations):
     async def _flush_and_report(
         self, sync: Callable[[int], None], fd: int, ino: int, path: bytes | None, datasync: bool
     ) -> None:
-        """The local flush and the sink's ``fsync`` (the peer's flush): with a flush runner they
-        run at the same time (the flush in a worker thread, the report queued meanwhile), so an
-        fsync costs the slower of the two, not their sum; inline, one after the other. Either
-        way the call returns only when both are done, and the report is ordered after every
-        change that preceded the application's fsync()."""
-        if self._flush is None:
+        """The local flush and the sink's ``fsync`` (the peer's flush): with a flush runner and a
+        sink that flushes remotely they run at the same time (the flush in a worker thread, the
+        report queued meanwhile), so an fsync costs the slower of the two, not their sum;
+        otherwise one after the other, inline. Either way the call returns only when both are
+        done, and the report is ordered after every change that preceded the fsync() call."""
+        if self._flush is None or not self._sink.flushes_remotely:
             sync(fd)  # inline: the loop waits for the disk, other requests wait with it
             await self._sink.fsync(ino, path, datasync)
             return

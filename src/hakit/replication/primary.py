@@ -182,6 +182,11 @@ class ReplicatingSink(MutationSink):
         self._held: asyncio.Event | None = None  # set once the new generation is persisted
         self.counters = Counters()
 
+    @property
+    def flushes_remotely(self) -> bool:
+        """An ``fsync`` now waits for the peer's flush (it is connected and gets the stream)."""
+        return self.sender is not None and (self.current or self.copying)
+
     # ---- the pair, as the replicator sees it ---------------------------------------------------
 
     def attach(self, sender: Sender) -> None:

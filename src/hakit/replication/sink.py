@@ -53,6 +53,13 @@ class NewNode:
 class MutationSink(abc.ABC):
     """Receives every mutation applied through the filesystem, awaited before the call returns."""
 
+    @property
+    def flushes_remotely(self) -> bool:
+        """True while ``fsync`` waits for a flush elsewhere (the peer's): the filesystem then
+        runs its local flush at the same time, in a worker thread. False by default: the local
+        flush runs inline (a thread hand-off costs more than it saves when nothing is waited)."""
+        return False
+
     @abc.abstractmethod
     async def create(self, node: NewNode) -> None:
         """A regular file was created (empty) with ``node``'s mode and owner."""
