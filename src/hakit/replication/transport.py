@@ -19,6 +19,14 @@ Theory of operation (docs/design/replication.md §4, §5, §7):
   :data:`wire.ACK_AFTER_APPLY` (``FSYNC``) always after ``apply``, and since acks are cumulative
   nothing after such a frame is acknowledged before it. Acks computed during one loop turn leave
   as one ``ACK``. If ``apply`` raises, the receiver sends ``ERROR`` and closes the connection.
+
+Bulk data path (a 1 MiB WRITE): the sender writes a large payload as its own write, never joined
+to the frame's prefix or to other frames (a copy of the whole payload each). After the
+handshake the receiver's socket is switched from the StreamReader to a ``BufferedProtocol``
+whose buffers come from :class:`wire.FrameReceiver`: small frames are read many per ``recv``, a
+large payload is received straight into the bytearray that ``apply`` gets as the frame's
+payload. Flow control: reading pauses while the requests received and not applied yet hold more
+than ``BACKLOG_HIGH`` bytes and resumes below ``BACKLOG_LOW``.
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ from hakit.replication.wire import (
     MAX_FRAME,
     REQUEST_TYPES,
     Frame,
+    FrameReceiver,
     FrameType,
     ProtocolError,
     encode_frame,
+    encode_parts,
     error_frame,
     parse_error,
     read_frame,
@@ -62,6 +72,12 @@ SYNC_INTERVAL = 0.5
 # with the 64 KiB default a 1 MiB WRITE frame took 8 pause/resume rounds (3.5 ms per MiB on
 # loopback, measured), with a frame-sized buffer one read.
 STREAM_LIMIT = MAX_FRAME
+# Payloads from this size are written on their own (not joined to their prefix or other frames).
+SEPARATE_WRITE = 64 * 1024
+# The receiver pauses reading while received but unapplied requests hold more than BACKLOG_HIGH
+# bytes, and resumes once they hold at most BACKLOG_LOW.
+BACKLOG_HIGH = 64 * 1024 * 1024
+BACKLOG_LOW = 16 * 1024 * 1024
 
 
 class PeerLost(PeerProtocolError):
@@ -93,30 +109,52 @@ def _nodelay(writer: asyncio.StreamWriter) -> None:
 class _Batcher:
     """Writes the first frame of a loop turn at once (a lone request or ack must not wait a turn:
     that costs every synchronous write a loop iteration on each side) and collects the frames
-    queued after it in the same turn, to write them in one go at the end of the turn."""
+    queued after it in the same turn, to write them in one go at the end of the turn.
+
+    A payload of at least ``SEPARATE_WRITE`` bytes is written on its own, after what precedes it:
+    the transport sends a write at once when its buffer is empty, and joining would copy it."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._chunks: list[bytes] = []
         self._scheduled = False
 
-    def queue(self, data: bytes) -> None:
+    def queue(self, data: bytes, payload: bytes = b"") -> None:
+        """Queue ``data`` then ``payload`` (a frame's prefix and its payload, or a whole frame)."""
         if self._scheduled:
             self._chunks.append(data)
+            if payload:
+                self._chunks.append(payload)
             return
         self._scheduled = True
         asyncio.get_running_loop().call_soon(self._flush)
-        if not self._writer.is_closing():
+        if self._writer.is_closing():
+            return
+        if len(payload) >= SEPARATE_WRITE:
             self._writer.write(data)
+            self._writer.write(payload)
+        else:
+            self._writer.write(data + payload if payload else data)
 
     def _flush(self) -> None:
         self._scheduled = False
         if not self._chunks:
             return
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        chunks = self._chunks
         self._chunks = []
-        if not self._writer.is_closing():
-            self._writer.write(data)
+        if self._writer.is_closing():
+            return
+        small: list[bytes] = []
+        for chunk in chunks:
+            if len(chunk) < SEPARATE_WRITE:
+                small.append(chunk)
+                continue
+            if small:
+                self._writer.write(small[0] if len(small) == 1 else b"".join(small))
+                small = []
+            self._writer.write(chunk)
+        if small:
+            self._writer.write(small[0] if len(small) == 1 else b"".join(small))
 
 
 class Sender:
@@ -240,11 +278,11 @@ class Sender:
             raise ValueError(f"{frame_type.name} is not a replication request")
         if self._lost is not None:
             raise self._lost
-        data = encode_frame(Frame(frame_type, self._seq + 1, header, payload))
+        prefix, payload = encode_parts(Frame(frame_type, self._seq + 1, header, payload))
         self._seq += 1
         future: asyncio.Future[int] = self._loop.create_future()
         self._waiting[self._seq] = (self._loop.time(), future)
-        self._batch.queue(data)
+        self._batch.queue(prefix, payload)
         return future
 
     @property
@@ -378,6 +416,65 @@ class Sender:
 Apply = Callable[[Frame], Awaitable[None]]
 
 
+class _ReceiverProtocol(asyncio.BufferedProtocol):
+    """The receiver's socket protocol after the handshake: ``recv_into`` the buffers of a
+    :class:`FrameReceiver`. Write-side events and the connection's loss are passed on to the
+    StreamReaderProtocol it replaced, so the StreamWriter (acks, drain, wait_closed) still works."""
+
+    def __init__(
+        self,
+        frames: FrameReceiver,
+        stream_protocol: asyncio.BaseProtocol,
+        on_end: Callable[[BaseException | None], None],
+    ) -> None:
+        self._frames = frames
+        self._stream_protocol = stream_protocol
+        self._on_end = on_end
+        self.ended = False
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._frames.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.ended:
+            return
+        try:
+            self._frames.received(nbytes)
+        except ProtocolError as exc:
+            self.end(exc)
+
+    def eof_received(self) -> bool:
+        self.end(asyncio.IncompleteReadError(b"", None))
+        return True  # keep the transport open: acks and ERROR may still have to leave
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.end(exc if exc is not None else asyncio.IncompleteReadError(b"", None))
+        self._stream_protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._stream_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream_protocol.resume_writing()
+
+    def feed(self, data: bytes) -> None:
+        """Take ``data`` as if received from the socket (what the StreamReader held)."""
+        view = memoryview(data)
+        while view and not self.ended:
+            buffer = self._frames.get_buffer()
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def end(self, reason: BaseException | None) -> None:
+        """Stop taking frames (``reason``: why; None when the receiver stops reading)."""
+        if self.ended:
+            return
+        self.ended = True
+        self._on_end(reason)
+
+
 class _Connection:
     """One authenticated connection on the receiver: read, apply in order, acknowledge."""
 
@@ -390,13 +487,16 @@ class _Connection:
         async_mode: AsyncMode,
         sync: Callable[[], None] | None = None,
         sync_interval: float = SYNC_INTERVAL,
+        *,
+        backlog_high: int | None = None,
+        backlog_low: int | None = None,
     ) -> None:
         self._sync = sync
         self._sync_interval = sync_interval
         self._durable = 0
         self.peer = peer
-        self._reader = reader
         self._writer = writer
+        self._transport = writer.transport
         self._batch = _Batcher(writer)
         self._apply = apply
         self._async_mode = async_mode
@@ -408,22 +508,54 @@ class _Connection:
         self._barriers: collections.deque[int] = collections.deque()  # unapplied ack-after-apply
         self._acked = 0
         self._ack_scheduled = False
+        # Flow control: bytes of the requests received and not applied yet.
+        self._backlog = 0
+        self._backlog_high = BACKLOG_HIGH if backlog_high is None else backlog_high
+        self._backlog_low = BACKLOG_LOW if backlog_low is None else backlog_low
+        self._flow_paused = False
+        self._stopped = False
+        # Done when no more frames will be read (peer gone, protocol error, stop_reading).
+        self._reading_ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._protocol = self._take_over(reader)
+
+    def _take_over(self, reader: asyncio.StreamReader) -> _ReceiverProtocol:
+        """Switch the socket from the handshake's StreamReader to our BufferedProtocol; bytes the
+        reader already holds (frames sent right after the handshake) are cut first."""
+        transport = self._transport
+        protocol = _ReceiverProtocol(
+            FrameReceiver(self._on_frame, MAX_FRAME), transport.get_protocol(), self._end_reading
+        )
+        transport.set_protocol(protocol)
+        # StreamReader has no public way to take what it holds without waiting for more: take its
+        # buffer (a bytearray in every CPython asyncio) and empty it.
+        held: bytearray = reader._buffer  # type: ignore[attr-defined]
+        protocol.feed(bytes(held))
+        held.clear()
+        if protocol.ended:
+            return protocol
+        if reader.exception() is not None:
+            protocol.end(reader.exception())
+        elif reader.at_eof() or transport.is_closing():
+            protocol.end(asyncio.IncompleteReadError(b"", None))
+        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+            transport.resume_reading()  # the StreamReader had paused it (its buffer was full)
+        return protocol
 
     async def run(self) -> None:
         """Serve until the peer goes away or breaks the protocol, or ``apply`` fails."""
         applier = asyncio.create_task(self._apply_loop(), name="replication-receiver-apply")
-        reader = asyncio.create_task(self._read_loop(), name="replication-receiver-reader")
         syncer = asyncio.create_task(self._sync_loop(), name="replication-receiver-sync")
         try:
-            await asyncio.wait((applier, reader), return_when=asyncio.FIRST_COMPLETED)
-            if reader.done() and not applier.done():
+            await asyncio.wait((applier, self._reading_ended), return_when=asyncio.FIRST_COMPLETED)
+            if self._reading_ended.done() and not applier.done():
                 # The stream ended (peer gone, or stop_reading): apply what was received.
                 self._queue.put_nowait(None)
                 await applier
         finally:
-            for task in (applier, reader, syncer):
+            self._protocol.end(None)
+            for task in (applier, syncer):
                 task.cancel()
-            await asyncio.gather(applier, reader, syncer, return_exceptions=True)
+            await asyncio.gather(applier, syncer, return_exceptions=True)
             self._writer.close()
             with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
@@ -434,47 +566,72 @@ class _Connection:
 
     def stop_reading(self) -> None:
         """Stop reading from the peer; what was received is still applied before run() ends."""
-        transport = self._writer.transport
-        if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
-            transport.pause_reading()  # no feed_data may follow feed_eof
-        self._reader.feed_eof()
+        self._stopped = True
+        self._pause()
+        self._protocol.end(None)
 
     def abort(self) -> None:
         """Drop the connection at once (reset), e.g. when the peer reconnected."""
         transport = self._writer.transport
         transport.abort()
 
-    async def _read_loop(self) -> None:
+    def _pause(self) -> None:
+        transport = self._transport
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+            transport.pause_reading()
+
+    def _end_reading(self, reason: BaseException | None) -> None:
+        """No more frames will be taken (called once, by the protocol)."""
         peer = self.peer.node
-        try:
-            while True:
-                frame = await read_frame(self._reader, MAX_FRAME)
-                if frame.type is FrameType.PING:
-                    self._batch.queue(encode_frame(Frame(FrameType.PONG)))
-                elif frame.type is FrameType.PONG:
-                    pass
-                elif frame.type in REQUEST_TYPES:
-                    if frame.seq != self._received + 1:
-                        raise ProtocolError(
-                            f"request #{frame.seq} after #{self._received} (a gap in the stream)"
-                        )
-                    self._received = frame.seq
-                    # async="none" acknowledges after applying, except HASHES: its answer is
-                    # the NEED, and hashing a large file must not look like a dead peer.
-                    if frame.type in ACK_AFTER_APPLY or (
-                        self._async_mode == "none" and frame.type is not FrameType.HASHES
-                    ):
-                        self._barriers.append(frame.seq)
-                    self._queue.put_nowait(frame)
-                    self._schedule_ack()
-                else:
-                    raise ProtocolError(f"unexpected {frame.type.name} frame from the sender")
-        except asyncio.IncompleteReadError:
+        if isinstance(reason, asyncio.IncompleteReadError):
             log.info("replication peer %s closed the connection", peer)
-        except (ConnectionError, OSError) as exc:
-            log.warning("replication connection from %s broken: %s", peer, exc)
-        except ProtocolError as exc:
-            log.warning("replication peer %s broke the protocol: %s", peer, exc)
+        elif isinstance(reason, ProtocolError):
+            log.warning("replication peer %s broke the protocol: %s", peer, reason)
+        elif reason is not None:
+            log.warning("replication connection from %s broken: %s", peer, reason)
+        self._pause()
+        if not self._reading_ended.done():
+            self._reading_ended.set_result(None)
+
+    def _on_frame(self, frame: Frame) -> None:
+        """One frame received, in stream order (called by the FrameReceiver)."""
+        if frame.type is FrameType.PING:
+            self._batch.queue(encode_frame(Frame(FrameType.PONG)))
+        elif frame.type is FrameType.PONG:
+            pass
+        elif frame.type in REQUEST_TYPES:
+            if frame.seq != self._received + 1:
+                raise ProtocolError(
+                    f"request #{frame.seq} after #{self._received} (a gap in the stream)"
+                )
+            self._received = frame.seq
+            # async="none" acknowledges after applying, except HASHES: its answer is
+            # the NEED, and hashing a large file must not look like a dead peer.
+            if frame.type in ACK_AFTER_APPLY or (
+                self._async_mode == "none" and frame.type is not FrameType.HASHES
+            ):
+                self._barriers.append(frame.seq)
+            self._backlog += len(frame.header) + len(frame.payload)
+            if self._backlog > self._backlog_high and not self._flow_paused:
+                self._flow_paused = True
+                self._pause()
+            self._queue.put_nowait(frame)
+            self._schedule_ack()
+        else:
+            raise ProtocolError(f"unexpected {frame.type.name} frame from the sender")
+
+    def _applied_bytes(self, frame: Frame) -> None:
+        self._backlog -= len(frame.header) + len(frame.payload)
+        if self._flow_paused and self._backlog <= self._backlog_low:
+            self._flow_paused = False
+            transport = self._transport
+            if (
+                not self._stopped
+                and not self._protocol.ended
+                and isinstance(transport, asyncio.ReadTransport)
+                and not transport.is_closing()
+            ):
+                transport.resume_reading()
 
     async def _apply_loop(self) -> None:
         while True:
@@ -496,6 +653,7 @@ class _Connection:
                 await asyncio.sleep(0)  # let the batch leave before the connection closes
                 return
             self._applied = frame.seq
+            self._applied_bytes(frame)
             if self._barriers and self._barriers[0] == frame.seq:
                 self._barriers.popleft()
             self._schedule_ack()
