@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 APT_PACKAGES := iproute2 nftables fuse3 libfuse3-dev pkg-config util-linux procps psmisc \
-                iputils-ping arping curl ca-certificates python3-venv fio
+                iputils-ping arping curl ca-certificates python3-venv fio gcc
 
 .PHONY: install demo test unit lint typecheck bench clean
 

@@ -9,10 +9,12 @@
  *   replication_floor run HOST PORT FILE CASE
  *       CASE raw-fsync | repl-fsync: COUNT x (4 KiB pwrite at a random aligned offset of a 64 MiB
  *       file, then fdatasync): prints the p50 and p99 latency in microseconds. repl- also sends
- *       the 4 KiB to the peer and waits for its receipt ack before the write "returns", then
- *       sends FSYNC, runs the local fdatasync meanwhile, and waits for the peer's flush ack.
+ *       the 4 KiB to the peer (first, so that the peer receives while the local pwrite runs) and
+ *       waits for its receipt ack before the write "returns", then sends FSYNC, runs the local
+ *       fdatasync meanwhile, and waits for the peer's flush ack.
  *       CASE raw-seq | repl-seq: 256 x 1 MiB sequential pwrite, then fdatasync: prints MiB/s.
- *       repl- sends each MiB and waits for its receipt ack, then FSYNC as above.
+ *       repl- sends each MiB (before its local pwrite) and waits for its receipt ack, then FSYNC
+ *       as above.
  *
  * Messages: u8 op ('W' or 'F'), u32 length, u64 offset (little endian), then length bytes.
  * Acks: one byte. Built and driven by bench/replication.py (--floor); not part of hakit.
@@ -166,9 +168,10 @@ static int run(const char *host, int port, const char *path, const char *kase)
         for (int i = 0; i < FSYNC_OPS; i++) {
             off_t off = (off_t)(rand() % (FILE_SIZE / (4 * KIB))) * 4 * KIB;
             double t0 = now_us();
+            if (repl) /* sent first: the peer receives while the local copy is made */
+                send_msg(s, 'W', buf, 4 * KIB, (uint64_t)off);
             pwrite_all(file, buf, 4 * KIB, off);
             if (repl) {
-                send_msg(s, 'W', buf, 4 * KIB, (uint64_t)off);
                 wait_ack(s);
                 send_msg(s, 'F', NULL, 0, 0);
             }
@@ -184,11 +187,11 @@ static int run(const char *host, int port, const char *path, const char *kase)
     } else {
         double t0 = now_us();
         for (int i = 0; i < SEQ_MIB; i++) {
-            pwrite_all(file, buf, MIB, (off_t)i * MIB);
-            if (repl) {
+            if (repl)
                 send_msg(s, 'W', buf, MIB, (uint64_t)i * MIB);
+            pwrite_all(file, buf, MIB, (off_t)i * MIB);
+            if (repl)
                 wait_ack(s);
-            }
         }
         if (repl)
             send_msg(s, 'F', NULL, 0, 0);

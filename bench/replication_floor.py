@@ -8,9 +8,10 @@ demands, with no FUSE, no Python and the simplest possible protocol:
 * ``raw-fsync`` / ``raw-seq``: node1 alone (the baseline of issue 4's ratios): 1000 × (4 KiB
   pwrite at a random aligned offset of a 64 MiB file + fdatasync), p50/p99 µs; 256 × 1 MiB
   sequential pwrite + fdatasync, MiB/s. Files in node1's ``/srv``.
-* ``repl-fsync`` / ``repl-seq``: the same on node1, and each write also sent over TCP to node2,
-  which acknowledges on receipt (``async="second"``) and then pwrite()s it into its own
-  ``/srv``; the write "returns" when the ack arrived. The fsync sends FSYNC to node2, runs the
+* ``repl-fsync`` / ``repl-seq``: the same on node1, and each write also sent over TCP to node2
+  (before the local pwrite, so that both copies are made at the same time), which acknowledges
+  on receipt (``async="second"``) and then pwrite()s it into its own ``/srv``; the write
+  "returns" when the local pwrite is done and the ack arrived. The fsync sends FSYNC to node2, runs the
   local fdatasync meanwhile, and returns when node2 acknowledged its own fdatasync: both servers
   have the data on disk (what issue 4 asks of fsync).
 
