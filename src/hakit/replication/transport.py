@@ -57,7 +57,6 @@ from hakit.replication.wire import (
     encode_parts,
     error_frame,
     parse_error,
-    read_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -178,7 +177,6 @@ class Sender:
         self.durable = 0
         self._on_durable: Callable[[int], None] | None = None
         self._on_need: Callable[[Frame], None] | None = None
-        self._reader = reader
         self._writer = writer
         self._batch = _Batcher(writer)
         self._sendtimeout = sendtimeout
@@ -194,10 +192,10 @@ class Sender:
         self._last_heard = self._loop.time()
         self._last_ping = self._loop.time()
         self._lost: PeerLost | None = None
-        self._tasks = [
-            asyncio.create_task(self._read_loop(), name="replication-sender-reader"),
-            asyncio.create_task(self._tick_loop(), name="replication-sender-ticker"),
-        ]
+        self._tasks = [asyncio.create_task(self._tick_loop(), name="replication-sender-ticker")]
+        # Acks are handled in the loop turn they arrive in (no reader task to wake first): the
+        # application's write waits for them.
+        self._protocol = _take_over(reader, writer.transport, self._on_frame, self._end_reading)
 
     @classmethod
     async def connect(
@@ -328,6 +326,7 @@ class Sender:
         if self._lost is not None:
             return
         self._lost = error
+        self._protocol.end(None)  # no frame is taken any more
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -349,43 +348,48 @@ class Sender:
             if not future.done():
                 future.set_result(seq)
 
-    async def _read_loop(self) -> None:
+    def _on_frame(self, frame: Frame) -> None:
+        """One frame from the receiver, in stream order (ProtocolError: the peer is lost)."""
+        self._last_heard = self._loop.time()
+        if frame.type is FrameType.ACK:
+            if frame.seq > self._seq:
+                raise ProtocolError(f"ACK {frame.seq} for a request never sent")
+            self._release(frame.seq)
+            if len(frame.header) == _DURABLE.size:
+                (durable,) = _DURABLE.unpack(frame.header)
+                if durable > frame.seq:
+                    raise ProtocolError(f"ACK {frame.seq} says #{durable} is durable")
+                if durable > self.durable:
+                    self.durable = durable
+                    if self._on_durable is not None:
+                        self._on_durable(durable)
+        elif frame.type is FrameType.ERROR:
+            code, text = parse_error(frame)
+            name = errno_codes.errorcode.get(code, str(code))
+            self._protocol.end(None)
+            self._fail(
+                PeerLost(f"peer {self.peer.node} could not apply #{frame.seq}: {name} {text}")
+            )
+        elif frame.type is FrameType.PING:
+            self._batch.queue(encode_frame(Frame(FrameType.PONG)))
+        elif frame.type is FrameType.RESYNC_REQUEST and self._on_resync_request:
+            self._on_resync_request(frame.header.decode("utf-8", "replace"))
+        elif frame.type is FrameType.NEED and self._on_need is not None:
+            self._on_need(frame)
+        elif frame.type is not FrameType.PONG:
+            raise ProtocolError(f"unexpected {frame.type.name} frame from the receiver")
+
+    def _end_reading(self, reason: BaseException | None) -> None:
+        """No more frames will come (called once, by the protocol): the peer is lost."""
         peer = self.peer.node
-        try:
-            while True:
-                frame = await read_frame(self._reader, MAX_FRAME)
-                self._last_heard = self._loop.time()
-                if frame.type is FrameType.ACK:
-                    if frame.seq > self._seq:
-                        raise ProtocolError(f"ACK {frame.seq} for a request never sent")
-                    self._release(frame.seq)
-                    if len(frame.header) == _DURABLE.size:
-                        (durable,) = _DURABLE.unpack(frame.header)
-                        if durable > frame.seq:
-                            raise ProtocolError(f"ACK {frame.seq} says #{durable} is durable")
-                        if durable > self.durable:
-                            self.durable = durable
-                            if self._on_durable is not None:
-                                self._on_durable(durable)
-                elif frame.type is FrameType.ERROR:
-                    code, text = parse_error(frame)
-                    name = errno_codes.errorcode.get(code, str(code))
-                    self._fail(PeerLost(f"peer {peer} could not apply #{frame.seq}: {name} {text}"))
-                    return
-                elif frame.type is FrameType.PING:
-                    self._batch.queue(encode_frame(Frame(FrameType.PONG)))
-                elif frame.type is FrameType.RESYNC_REQUEST and self._on_resync_request:
-                    self._on_resync_request(frame.header.decode("utf-8", "replace"))
-                elif frame.type is FrameType.NEED and self._on_need is not None:
-                    self._on_need(frame)
-                elif frame.type is not FrameType.PONG:
-                    raise ProtocolError(f"unexpected {frame.type.name} frame from the receiver")
-        except asyncio.IncompleteReadError:
+        if reason is None or self._lost is not None:
+            return  # ended locally (close, ERROR)
+        if isinstance(reason, asyncio.IncompleteReadError):
             self._fail(PeerLost(f"peer {peer} closed the replication connection"))
-        except (ConnectionError, OSError) as exc:
-            self._fail(PeerLost(f"replication connection to {peer} broken: {exc}"))
-        except ProtocolError as exc:
-            self._fail(PeerLost(f"peer {peer} broke the replication protocol: {exc}"))
+        elif isinstance(reason, ProtocolError):
+            self._fail(PeerLost(f"peer {peer} broke the replication protocol: {reason}"))
+        else:
+            self._fail(PeerLost(f"replication connection to {peer} broken: {reason}"))
 
     async def _tick_loop(self) -> None:
         tick = self._ping_interval / 4
@@ -475,6 +479,35 @@ class _ReceiverProtocol(asyncio.BufferedProtocol):
         self._on_end(reason)
 
 
+def _take_over(
+    reader: asyncio.StreamReader,
+    transport: asyncio.BaseTransport,
+    on_frame: Callable[[Frame], None],
+    on_end: Callable[[BaseException | None], None],
+) -> _ReceiverProtocol:
+    """Switch the socket from the handshake's StreamReader to a :class:`_ReceiverProtocol` that
+    calls ``on_frame`` for each frame, in the loop turn it arrives in; bytes the reader already
+    holds (frames sent right after the handshake) are cut first."""
+    protocol = _ReceiverProtocol(
+        FrameReceiver(on_frame, MAX_FRAME), transport.get_protocol(), on_end
+    )
+    transport.set_protocol(protocol)
+    # StreamReader has no public way to take what it holds without waiting for more: take its
+    # buffer (a bytearray in every CPython asyncio) and empty it.
+    held: bytearray = reader._buffer  # type: ignore[attr-defined]
+    protocol.feed(bytes(held))
+    held.clear()
+    if protocol.ended:
+        return protocol
+    if reader.exception() is not None:
+        protocol.end(reader.exception())
+    elif reader.at_eof() or transport.is_closing():
+        protocol.end(asyncio.IncompleteReadError(b"", None))
+    elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
+        transport.resume_reading()  # the StreamReader had paused it (its buffer was full)
+    return protocol
+
+
 class _Connection:
     """One authenticated connection on the receiver: read, apply in order, acknowledge."""
 
@@ -516,30 +549,7 @@ class _Connection:
         self._stopped = False
         # Done when no more frames will be read (peer gone, protocol error, stop_reading).
         self._reading_ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._protocol = self._take_over(reader)
-
-    def _take_over(self, reader: asyncio.StreamReader) -> _ReceiverProtocol:
-        """Switch the socket from the handshake's StreamReader to our BufferedProtocol; bytes the
-        reader already holds (frames sent right after the handshake) are cut first."""
-        transport = self._transport
-        protocol = _ReceiverProtocol(
-            FrameReceiver(self._on_frame, MAX_FRAME), transport.get_protocol(), self._end_reading
-        )
-        transport.set_protocol(protocol)
-        # StreamReader has no public way to take what it holds without waiting for more: take its
-        # buffer (a bytearray in every CPython asyncio) and empty it.
-        held: bytearray = reader._buffer  # type: ignore[attr-defined]
-        protocol.feed(bytes(held))
-        held.clear()
-        if protocol.ended:
-            return protocol
-        if reader.exception() is not None:
-            protocol.end(reader.exception())
-        elif reader.at_eof() or transport.is_closing():
-            protocol.end(asyncio.IncompleteReadError(b"", None))
-        elif isinstance(transport, asyncio.ReadTransport) and not transport.is_reading():
-            transport.resume_reading()  # the StreamReader had paused it (its buffer was full)
-        return protocol
+        self._protocol = _take_over(reader, self._transport, self._on_frame, self._end_reading)
 
     async def run(self) -> None:
         """Serve until the peer goes away or breaks the protocol, or ``apply`` fails."""
