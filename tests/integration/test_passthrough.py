@@ -69,7 +69,7 @@ class Mount:
 
     dir: Path
     journal: Path
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     early_output: str  # what the server printed before "mounted"
 
     def mutations(self) -> list[tuple[str, list[object]]]:
@@ -80,7 +80,8 @@ class Mount:
         """SIGTERM: the server unmounts and exits 0; returns its log."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=10)
+        raw, _ = self.proc.communicate(timeout=10)
+        out = raw.decode()
         assert self.proc.returncode == 0, out
         assert find_mounts(self.dir) == []
         return self.early_output + out
@@ -92,7 +93,7 @@ class Mount:
         self.proc.communicate(timeout=10)
 
 
-def start(directory: Path, *extra: str) -> Mount:
+def start(directory: Path, *extra: str, env: dict[str, str] | None = None) -> Mount:
     journal = directory.parent / f"{directory.name}.journal"
     proc = subprocess.Popen(
         [
@@ -106,14 +107,15 @@ def start(directory: Path, *extra: str) -> Mount:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
+        bufsize=0,  # unbuffered: communicate() reads the descriptor, it would miss read-ahead
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.stdout is not None
     early = []
-    line = proc.stdout.readline()  # "mounted DIR" once the mount is in place
+    line = proc.stdout.readline().decode()  # "mounted DIR" once the mount is in place
     while line and not line.startswith("mounted "):
         early.append(line)
-        line = proc.stdout.readline()
+        line = proc.stdout.readline().decode()
     if not line:
         proc.communicate(timeout=10)
         raise AssertionError(f"the pass-through did not mount (exit {proc.returncode}): {early}")
@@ -136,8 +138,8 @@ def base() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def mounted(directory: Path, *extra: str) -> Iterator[Mount]:
-    m = start(directory, *extra)
+def mounted(directory: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[Mount]:
+    m = start(directory, *extra, env=env)
     try:
         yield m
     finally:
@@ -610,3 +612,210 @@ def test_a_removed_name_of_a_hard_linked_file_reports_the_surviving_name(base: P
     assert survivors[0][0] == "a" and survivors[0][1] in ("sub/b", "c")
     assert survivors[1] == ["c", "sub/b"]
     assert (d / "sub" / "b").read_bytes() == b"content"
+
+
+# ---- killing privileges (FUSE_HANDLE_KILLPRIV_V2 negotiated by the shim, or the kernel alone) ----
+
+KILLPRIV = {"on": {}, "off": {"HAKIT_RFS_KILLPRIV": "0"}}
+
+
+def requests_served(log: str) -> dict[str, int]:
+    """The request counts the server logs at unmount (with the shim's custom I/O)."""
+    for line in log.splitlines():
+        if "requests served: " in line:
+            items = line.split("requests served: ", 1)[1].split(", ")
+            return {op: int(n) for op, n in (item.split(" ") for item in items)}
+    raise AssertionError(f"no request counts in the log: {log}")
+
+
+def test_after_the_first_write_no_getxattr_request_precedes_writes(base: Path) -> None:
+    d = base / "data"
+    d.mkdir()
+    with mounted(d) as m:
+        fd = os.open(d / "f", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            for i in range(500):
+                os.pwrite(fd, b"x" * 4096, i * 4096)
+        finally:
+            os.close(fd)
+        log = m.stop()
+    assert "FUSE_HANDLE_KILLPRIV_V2 on" in log, log
+    served = requests_served(log)
+    assert served["write"] >= 500
+    assert served.get("getxattr", 0) <= 1, served  # asked once for the new inode, then never
+    assert (d / "f").read_bytes() == b"x" * 4096 * 500
+
+
+def test_killpriv_off_keeps_libfuse_own_io(base: Path) -> None:
+    d = base / "data"
+    d.mkdir()
+    with mounted(d, env=KILLPRIV["off"]) as m:
+        (d / "f").write_bytes(b"y" * 4096)
+        log = m.stop()
+    assert "FUSE_HANDLE_KILLPRIV_V2 off" in log, log
+    assert "requests served" not in log  # libfuse's own I/O: nothing counted
+
+
+# Starting modes (files of root) changed by nobody; what Linux does to them is measured on a plain
+# ext4 directory (reference_modes). S_ISGID without S_IXGRP stays only for a caller in the file's
+# group: the file "in-group" belongs to nobody's group.
+SUID_CASES = {
+    "6777": (0o6777, 0),
+    "6766": (0o6766, 0),
+    "4757": (0o4757, 0),
+    "2777": (0o2777, 0),
+    "0777": (0o0777, 0),
+    "2766": (0o2766, 0),
+    "in-group": (0o2766, NOBODY),
+}
+
+
+def make_suid_files(directory: Path) -> None:
+    for name, (mode, gid) in SUID_CASES.items():
+        f = directory / name
+        f.write_bytes(b"content")
+        os.chown(f, 0, gid)
+        f.chmod(mode)
+
+
+def modes(directory: Path) -> dict[str, int]:
+    return {name: stat.S_IMODE(os.stat(directory / name).st_mode) for name in SUID_CASES}
+
+
+def reference_modes(base: Path, how: str) -> dict[str, int]:
+    """Modes after ``how`` by nobody on plain ext4 (no FUSE)."""
+    ref = base / f"ref-{how}"
+    ref.mkdir()
+    ref.chmod(0o777)
+    make_suid_files(ref)
+    done = as_nobody(SCRIPTS[how].format(names=list(SUID_CASES)), ref)
+    assert done.returncode == 0, done.stderr
+    return modes(ref)
+
+
+SCRIPTS = {
+    "write": "import os\nfor n in {names}:\n    fd = os.open(n, os.O_WRONLY)\n"
+    "    os.pwrite(fd, b'x', 0); os.close(fd)\n",
+    "truncate": "import os\nfor n in {names}:\n    os.truncate(n, 3)\n",
+    "otrunc": "import os\nfor n in {names}:\n    os.close(os.open(n, os.O_WRONLY | os.O_TRUNC))\n",
+}
+
+
+# Without KILLPRIV_V2 the kernel's FUSE code kills by itself, and not quite as Linux does on a
+# local filesystem: S_ISGID without group execute goes only by the group-execute rule (kept even
+# for a caller outside the group), and an O_TRUNC open kills nothing. Compared only where it
+# agrees; with KILLPRIV_V2 (on) every case matches plain ext4.
+OFF_AGREES = ("6777", "4757", "2777", "0777", "in-group")
+
+
+@pytest.mark.parametrize(
+    ("how", "killpriv"),
+    [("write", "on"), ("truncate", "on"), ("otrunc", "on"), ("write", "off"), ("truncate", "off")],
+)
+def test_an_unprivileged_change_kills_suid_sgid_as_linux_does(
+    base: Path, how: str, killpriv: str
+) -> None:
+    expected = reference_modes(base, how)
+    # what Linux does: S_ISGID without group execute stays only for a member of the group
+    assert (expected["6777"], expected["2766"], expected["in-group"]) == (0o777, 0o766, 0o2766)
+    d = base / "data"
+    d.mkdir()
+    d.chmod(0o777)
+    make_suid_files(d)
+    with mounted(d, env=KILLPRIV[killpriv]) as m:
+        done = as_nobody(SCRIPTS[how].format(names=list(SUID_CASES)), d)
+        assert done.returncode == 0, done.stderr
+        seen = modes(d)  # at once through the mount (the kernel's cached mode is refreshed)
+        mutations = m.mutations()
+        log = m.stop()
+    assert f"FUSE_HANDLE_KILLPRIV_V2 {killpriv}" in log, log
+    after = modes(d)
+    if killpriv == "off":
+        expected, seen, after = ({n: m[n] for n in OFF_AGREES} for m in (expected, seen, after))
+    assert seen == expected
+    assert after == expected
+    if killpriv == "off":
+        return  # the kernel sent the chmods itself
+    chmods = {args[0]: args[1] for op, args in mutations if op == "chmod"}
+    assert chmods == {n: m for n, m in expected.items() if m != SUID_CASES[n][0]}
+
+
+@pytest.mark.parametrize("killpriv", ["on", "off"])
+def test_root_writes_keep_suid_sgid(base: Path, killpriv: str) -> None:
+    d = base / "data"
+    d.mkdir()
+    f = d / "f"
+    f.write_bytes(b"content")
+    f.chmod(0o6777)
+    with mounted(d, env=KILLPRIV[killpriv]) as m:
+        with open(f, "r+b") as out:
+            out.write(b"root")
+        os.truncate(f, 2)
+        os.close(os.open(f, os.O_WRONLY | os.O_TRUNC))
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o6777
+        mutations = m.mutations()
+        m.stop()
+    assert stat.S_IMODE(os.stat(f).st_mode) == 0o6777
+    assert [op for op, _ in mutations if op in ("chmod", "removexattr")] == []
+
+
+@pytest.mark.parametrize("who", ["root", "nobody"])
+def test_any_write_removes_a_file_capability_and_reports_it(base: Path, who: str) -> None:
+    d = base / "data"
+    d.mkdir()
+    caps = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
+    for name in ("w", "t"):
+        (d / name).write_bytes(b"#!/bin/sh\n")
+        (d / name).chmod(0o777)
+        os.setxattr(d / name, "security.capability", caps)
+    script = (
+        "import os\nfd = os.open('w', os.O_WRONLY); os.pwrite(fd, b'#', 0); os.close(fd)\n"
+        "os.close(os.open('t', os.O_WRONLY | os.O_TRUNC))\n"
+    )
+    with mounted(d) as m:
+        if who == "root":
+            done = subprocess.run(
+                [sys.executable, "-c", script], cwd=d, capture_output=True, text=True
+            )
+        else:
+            done = as_nobody(script, d)
+        assert done.returncode == 0, done.stderr
+        mutations = m.mutations()
+        m.stop()
+    for name in ("w", "t"):
+        assert os.listxattr(d / name) == [], name
+    removed = sorted(args[0] for op, args in mutations if op == "removexattr")
+    assert removed == ["t", "w"]
+
+
+def test_chown_through_the_mount_gives_the_mode_plain_ext4_gives(base: Path) -> None:
+    modes = (0o6777, 0o6755, 0o2745, 0o4700, 0o0755)
+    ref = base / "ref"
+    ref.mkdir()
+    d = base / "data"
+    d.mkdir()
+    for parent in (ref, d):
+        for mode in modes:
+            f = parent / f"{mode:o}"
+            f.write_bytes(b"x")
+            f.chmod(mode)
+        (parent / "dir").mkdir()
+        (parent / "dir").chmod(0o6777)
+    for mode in modes:
+        os.chown(ref / f"{mode:o}", 1234, 5678)
+    os.chown(ref / "dir", 1234, 5678)
+    expected = {n: stat.S_IMODE(os.stat(ref / n).st_mode) for n in os.listdir(ref)}
+    assert expected["6777"] == 0o0777 and expected["2745"] == 0o2745 and expected["dir"] == 0o6777
+    with mounted(d) as m:
+        for name in expected:
+            os.chown(d / name, 1234, 5678)
+        seen = {n: stat.S_IMODE(os.stat(d / n).st_mode) for n in expected}
+        mutations = m.mutations()
+        m.stop()
+    assert seen == expected
+    assert {n: stat.S_IMODE(os.stat(d / n).st_mode) for n in expected} == expected
+    chowns = [args[0] for op, args in mutations if op == "chown"]
+    assert sorted(chowns) == sorted(expected)
+    # The peer learns the new mode (a chmod before the chown; its own chown as root agrees).
+    chmods = {args[0]: args[1] for op, args in mutations if op == "chmod"}
+    assert chmods == {n: m for n, m in expected.items() if n != "dir" and m != int(n, 8)}

@@ -32,6 +32,16 @@ shim under it (:mod:`hakit.replication.fuseshim`) adds them and routes them to
 shim could not take its place (then the kernel answers: ``fallocate`` fails with EOPNOTSUPP, and
 ``posix_fallocate`` falls back to writing zeros). ``copy_file_range`` is not offered (the kernel
 copies through read and write). Locks (``flock``, ``fcntl``) are handled by the kernel locally.
+
+Killing privileges: the shim also negotiates ``FUSE_HANDLE_KILLPRIV_V2`` when the kernel offers it
+(``HAKIT_RFS_KILLPRIV=0`` turns it off; the mount logs which). The kernel then stops asking for
+``security.capability`` before every write, and leaves killing suid/sgid to this server: when it
+flags a write, a truncation, an ``O_TRUNC`` open (callers without ``CAP_FSETID``) or a chown of a
+non-directory, S_ISUID is cleared, S_ISGID too if the group may execute or the caller is not in
+the file's group, and ``security.capability`` removed, as ``file_remove_privs`` would, each change
+reported (``chmod``, ``removexattr``) before the request is answered; the kernel's cached
+attributes are invalidated so it sees the new mode at once. The server's own calls run as root
+(``CAP_FSETID``), so the backing filesystem would not do it for us, chown excepted.
 """
 
 from __future__ import annotations
@@ -121,6 +131,30 @@ def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 def _proc(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
+
+
+def _killed_mode(mode: int, in_group: bool) -> int:
+    """``mode`` once privileges are killed (the kernel's ``setattr_should_drop_suidgid`` for a
+    caller without ``CAP_FSETID``): no S_ISUID; no S_ISGID if the group may execute, or if the
+    caller is not in the file's group (``setattr_should_drop_sgid``)."""
+    mode &= ~stat.S_ISUID
+    if mode & stat.S_IXGRP or not in_group:
+        mode &= ~stat.S_ISGID
+    return mode
+
+
+def _in_group(caller: fuseshim.Caller, gid: int) -> bool:
+    """Whether ``caller`` has group ``gid`` (its own, or a supplementary one from /proc)."""
+    if caller.gid == gid:
+        return True
+    try:
+        status = Path(f"/proc/{caller.pid}/status").read_text()
+    except OSError:
+        return False  # gone: kill rather than keep
+    for line in status.splitlines():
+        if line.startswith("Groups:"):
+            return str(gid) in line.split()[1:]
+    return False
 
 
 P = ParamSpec("P")
@@ -223,6 +257,83 @@ class PassthroughFS(pyfuse3.Operations):
         self._no_caps: set[int] = set()
         self._shim = fuseshim.load()
         self._replies: set[asyncio.Task[None]] = set()  # fallocate/lseek work in flight
+        # FUSE_HANDLE_KILLPRIV_V2 negotiated (set in init()): killing privileges is ours.
+        self._killpriv = False
+        self._unmatched_logged = False
+
+    def init(self) -> None:
+        """INIT, before its reply: whether the shim negotiates FUSE_HANDLE_KILLPRIV_V2."""
+        shim = self._shim
+        state = shim.io_state() if shim is not None else None
+        self._killpriv = state is not None and state.installed == 1 and state.offered
+        if self._killpriv:
+            log.info(
+                "FUSE_HANDLE_KILLPRIV_V2 on: no security.capability request before each write; "
+                "suid/sgid/capabilities killed here"
+            )
+        elif state is None or state.installed == 0:
+            log.info("FUSE_HANDLE_KILLPRIV_V2 off (%s=0 or no shim)", fuseshim.KILLPRIV_ENV)
+        elif state.installed < 0:
+            log.warning(
+                "FUSE_HANDLE_KILLPRIV_V2 off: the shim's custom I/O could not be installed: %s",
+                os.strerror(-state.installed),
+            )
+        else:
+            log.info("FUSE_HANDLE_KILLPRIV_V2 off: the kernel does not offer it")
+
+    @property
+    def killpriv(self) -> bool:
+        """Whether FUSE_HANDLE_KILLPRIV_V2 was negotiated (known once INIT was answered)."""
+        return self._killpriv
+
+    def _kill_requested(
+        self, opcode: int, nodeid: int | None = None, fh: int | None = None
+    ) -> fuseshim.Caller | None:
+        """The caller, if the kernel flagged the request being handled for killing suid/sgid;
+        None if not (call before the first await)."""
+        assert self._shim is not None
+        kill = self._shim.kill_flag(opcode, nodeid, fh)
+        if kill is None:
+            # Cannot happen with pyfuse3 3.5 (see fuseshim); kill rather than leave suid behind.
+            if not self._unmatched_logged:
+                self._unmatched_logged = True
+                log.warning(
+                    "the request being handled (%s) is not the last one read: privileges are "
+                    "killed as for an unprivileged caller",
+                    fuseshim.OPCODES.get(opcode, opcode),
+                )
+            return fuseshim.Caller(0, -1, -1)
+        return self._shim.last_caller() if kill else None
+
+    async def _kill_privs(self, ino: int, rec: _Inode, caller: fuseshim.Caller | None) -> None:
+        """Kill privileges of the regular file ``rec`` as the kernel does on write/truncate/chown
+        (suid/sgid if the kernel flagged the request of ``caller``; ``security.capability`` in any
+        case), reporting each change before the caller goes on."""
+        st = os.stat(rec.fd)
+        if not stat.S_ISREG(st.st_mode):
+            return
+        changed = False
+        mode = stat.S_IMODE(st.st_mode)
+        if caller is not None and mode & (stat.S_ISUID | stat.S_ISGID):
+            killed = _killed_mode(mode, _in_group(caller, st.st_gid))
+            if killed != mode:
+                os.chmod(_proc(rec.fd), killed)
+                changed = True
+                await self._sink.chmod(self._path(rec), killed)
+        if ino not in self._no_caps:
+            try:
+                os.removexattr(_proc(rec.fd), _CAPS)
+            except OSError as exc:
+                if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                    raise
+                self._no_caps.add(ino)
+            else:
+                changed = True
+                await self._sink.removexattr(self._path(rec), _CAPS)
+        if changed:
+            # The kernel keeps the old mode cached (a write's reply carries no attributes).
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=True)
 
     @property
     def root_fd(self) -> int:
@@ -507,14 +618,18 @@ class PassthroughFS(pyfuse3.Operations):
         fh: pyfuse3.FileHandleT | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        """truncate/chmod/chown/utimens, each applied then reported, in that order."""
+        """truncate/chmod/chown/utimens, each applied then reported, in that order (privileges
+        killed first when the kernel flags a truncation or chown, see the module doc)."""
         rec = self._rec(inode)
+        kill = self._kill_requested(fuseshim.OP_SETATTR, nodeid=inode) if self._killpriv else None
         changes = fields.update_size or fields.update_mode or fields.update_uid
         changes = changes or fields.update_gid or fields.update_atime or fields.update_mtime
         if changes:
             self._refuse(ctx, "setattr", repr(self._path(rec)))
         open_fd = self._files[fh].fd if fh is not None and fh in self._files else None
         path = self._path(rec) if changes else None
+        if kill is not None and (fields.update_size or fields.update_uid or fields.update_gid):
+            await self._kill_privs(inode, rec, kill)
         if fields.update_size:
             if open_fd is not None:
                 os.truncate(open_fd, attr.st_size)
@@ -747,9 +862,15 @@ class PassthroughFS(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         """Create and open a regular file owned by the caller."""
         parent = self._rec(parent_inode)
+        kill = None
+        if self._killpriv:
+            kill = self._kill_requested(fuseshim.OP_CREATE, nodeid=parent_inode)
         self._refuse(ctx, "create", repr(name))
         pst = os.stat(parent.fd)
         oflags = (flags & ~_STRIP_OPEN_FLAGS) | os.O_CREAT | (flags & os.O_EXCL)
+        existed = kill is not None and os.path.lexists(
+            os.path.join(_proc(parent.fd), os.fsdecode(name))
+        )
         fd = os.open(name, oflags, mode, dir_fd=parent.fd)
         try:
             uid, gid = self._give_to_caller(pst, ctx)
@@ -762,6 +883,10 @@ class PassthroughFS(pyfuse3.Operations):
             os.close(fd)
             raise
         self._files[fd] = _OpenFile(fd, attrs.st_ino)
+        if existed:
+            # Created by somebody else meanwhile: opened O_TRUNC by an unprivileged caller.
+            await self._kill_privs(attrs.st_ino, self._inodes[attrs.st_ino], kill)
+            attrs = self._register(parent.fd, name, count=0, parent_ino=parent_inode)
         await self._report_new("create", parent, name, attrs)
         return pyfuse3.FileInfo(fh=fd), attrs
 
@@ -771,6 +896,7 @@ class PassthroughFS(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         """Open the backing file again through its O_PATH descriptor."""
         rec = self._rec(inode)
+        kill = self._kill_requested(fuseshim.OP_OPEN, nodeid=inode) if self._killpriv else None
         if flags & os.O_ACCMODE in _WRITE_ACCESS:
             self._refuse(ctx, "open for writing", repr(self._path(rec)))
         fd = os.open(_proc(rec.fd), flags & ~_STRIP_OPEN_FLAGS)
@@ -779,6 +905,10 @@ class PassthroughFS(pyfuse3.Operations):
             # libfuse asks for atomic O_TRUNC: the kernel sends the flag here instead of a
             # setattr, so the truncation is applied (and reported) here.
             try:
+                if self._killpriv:
+                    # The kernel kills nothing itself here (atomic O_TRUNC): capabilities
+                    # always, suid/sgid when it flagged the open.
+                    await self._kill_privs(inode, rec, kill)
                 os.ftruncate(fd, 0)
                 await self._sink.truncate(inode, self._path(rec), 0, os.stat(fd).st_mtime_ns)
             except BaseException:
@@ -798,6 +928,11 @@ class PassthroughFS(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         """Write to the backing file at the offset the kernel chose, then report it."""
         f = self._files[fh]
+        if self._killpriv:
+            caller = self._kill_requested(fuseshim.OP_WRITE, fh=fh)
+            rec = self._inodes.get(f.ino) if caller is not None else None
+            if rec is not None:
+                await self._kill_privs(f.ino, rec, caller)
         written = os.pwrite(f.fd, buf, off)
         rec = self._inodes.get(f.ino)
         path = self._path(rec) if rec is not None else None
@@ -1128,6 +1263,7 @@ def mount(
     shim = fuseshim.load()
     if shim is not None:
         shim.set_handlers(fs.on_fallocate, fs.on_lseek)
+        shim.set_killpriv(os.environ.get(fuseshim.KILLPRIV_ENV, "1").strip() != "0")
     sessions = shim.sessions() if shim is not None else 0
     try:
         pyfuse3.init(fs, path, set(_MOUNT_OPTIONS))
@@ -1149,10 +1285,16 @@ def mount(
 
 def unmount(fs: PassthroughFS) -> None:
     """Unmount (lazily if still busy) and close every descriptor of ``fs``."""
+    shim = fuseshim.load()
+    counts = shim.opcode_counts() if shim is not None else {}
+    if counts:
+        log.info(
+            "requests served: %s",
+            ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1])),
+        )
     try:
         pyfuse3.close(unmount=True)
     finally:
-        shim = fuseshim.load()
         if shim is not None:
             shim.clear_handlers()
         fs.close()
