@@ -132,6 +132,10 @@ def journal_ops(msg: m.Message) -> list[JournalOp]:
     return []
 
 
+_MOVES = (m.Rename, m.Unlink, m.Rmdir)
+"""Namespace changes that move or drop journal entries (applied to the journal during a copy)."""
+
+
 def record(journal: DirtyJournal, ops: list[JournalOp]) -> bool:
     """Apply ``ops`` to the journal; True if something new must be committed."""
     changed = False
@@ -321,12 +325,13 @@ class ReplicatingSink(MutationSink):
         except PeerLost:
             ack = None
         else:
-            self.track(
-                sender.last_seq,
-                journal_ops(msg) if self.journal else [],
-                None,
-                msg if NamespaceLog.wanted(msg) else None,
-            )
+            ops = journal_ops(msg) if self.journal else []
+            self.track(sender.last_seq, ops, None, msg if NamespaceLog.wanted(msg) else None)
+            if self.copying and not self.current and isinstance(msg, _MOVES):
+                # The copy still walks the journal: its entries must follow renames and
+                # removals made meanwhile, or a renamed file's dirty zones are never copied.
+                assert self.journal is not None
+                record(self.journal, ops)
         self.counters.ops += 1
         self.counters.bytes += len(header) + len(payload)
         self.counters.by_op[frame_type.name] += 1

@@ -284,6 +284,47 @@ def test_a_current_peer_lost_holds_requests_until_the_generation_is_persisted(
     run(scenario)
 
 
+def test_a_file_renamed_during_the_incremental_copy_is_still_copied(tmp_path: Path) -> None:
+    # The copy walks the journal while the application keeps renaming: a directory renamed
+    # before the copier reached the dirty file in it must not leave the file's zones behind.
+    a, b = tmp_path / "a", tmp_path / "b"
+    dataset(a, 3)
+    shutil.copytree(a, b, symlinks=True)
+    journal = DirtyJournal.open(tmp_path / "rfs0.journal", zone_size=64 * 1024)
+
+    async def scenario() -> None:
+        sink = make_sink(lambda reason: None, journal=journal)
+        # ALONE: writes to every file (the ones in sub/ last in the journal's order).
+        for f in [*sorted(a.glob("f*")), *sorted((a / "sub").glob("f*"))]:
+            data = random.Random(f.name).randbytes(100_000)
+            fd = os.open(f, os.O_WRONLY)
+            os.pwrite(fd, data, 1_000_000)
+            os.close(fd)
+            rel = os.fsencode(f.relative_to(a))
+            await sink.write(1, rel, 1_000_000, data, f.stat().st_mtime_ns)
+        side = Side(b)
+        sender, block_sync = await connect(side, [])
+        try:
+            sink.attach(sender)
+            root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                copier = Copier(root, sender, never, Counters(), sink=sink, block_sync=block_sync)
+                copy = asyncio.create_task(copier.run_incremental(journal, "incremental", "g2"))
+                while not sink.copying:
+                    await asyncio.sleep(0)
+                (a / "sub").rename(a / "moved")  # before the copier reached sub/
+                await sink.rename(b"sub", b"moved", 0, 0, 0)
+                await copy
+            finally:
+                os.close(root)
+        finally:
+            await sender.close()
+            await side.close()
+
+    run(scenario)
+    assert identical(a, b) == []
+
+
 def test_journal_ops_cover_every_mutation() -> None:
     node = NewNode(b"d/x", 0o100644, 0, 0, 0, 1, 2, 3)
     assert journal_ops(m.Create(node)) == [("created", (b"d/x", False))]
