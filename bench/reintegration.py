@@ -37,20 +37,17 @@ of new files), ``renamed_bytes`` (renamed files are resent whole: journal.py's k
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchlib import HAKIT, REPO, git_state, hakit, run_on
+from benchlib import HAKIT, REPO, fresh_lab, git_state, hakit, run_on
 
 LAB = "hkreint"
 MODULE = "reintbench"
@@ -202,28 +199,6 @@ def tree_differences(lab: Any) -> list[str]:
     return compare_digests(digests[0], digests[1], names=("node1", "node2"))
 
 
-@contextlib.contextmanager
-def lab_up() -> Iterator[Any]:
-    """A fresh 2-node lab, removed afterwards whatever happens (SIGTERM included)."""
-    from hakit.lab import Lab
-
-    lab = Lab(LAB)
-    with contextlib.suppress(Exception):
-        lab.down()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        lab.up(nodes=2, client=False, hakitd=True)
-        yield lab
-    finally:
-        try:
-            for node in ("node2", "node1"):
-                with contextlib.suppress(Exception):
-                    lab.run(node, [HAKIT, "stop", "-m", MODULE], timeout=60, cwd="/")
-        finally:
-            lab.down()
-            signal.signal(signal.SIGTERM, previous)
-
-
 def timed_resync(lab: Any, name: str, size: int, action: list[str]) -> dict[str, Any]:
     """Run ``hakit <action>`` on node2, time it to SECOND Ready, and what node1 sent meanwhile."""
     before = sent_counters(lab)
@@ -280,7 +255,7 @@ def bench(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="hakit-reintbench-", dir="/tmp") as tmp,
-        lab_up() as lab,
+        fresh_lab(LAB, hakitd=True, module=MODULE) as lab,
     ):
         srv = lab.node_srv("node1")
         info["dataset"] = make_dataset(srv / "data", size, args.seed)

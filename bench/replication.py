@@ -35,20 +35,17 @@ table on stdout (copied into docs/performance.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchlib import HAKIT, REPO, git_state, hakit, run_on
+from benchlib import HAKIT, REPO, fresh_lab, git_state, hakit, run_on
 
 from hakit.lab import Lab
 from hakit.testing.lab_module import mirror_userconfig, replicated, write_safe
@@ -119,27 +116,6 @@ def mount_type(lab: Lab, node: str, path: str) -> str | None:
         if fields[4] == path:
             fstype = fields[fields.index("-") + 1]  # the last mount on a path is the visible one
     return fstype
-
-
-@contextlib.contextmanager
-def lab_up(with_daemons: bool) -> Iterator[Lab]:
-    """A fresh 2-node lab, removed afterwards whatever happens (SIGTERM included)."""
-    lab = Lab(LAB)
-    with contextlib.suppress(Exception):
-        lab.down()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        lab.up(nodes=2, client=False, hakitd=with_daemons)
-        yield lab
-    finally:
-        try:
-            if with_daemons:
-                for node in ("node2", "node1"):
-                    with contextlib.suppress(Exception):
-                        lab.run(node, [HAKIT, "stop", "-m", MODULE], timeout=60, cwd="/")
-        finally:
-            lab.down()
-            signal.signal(signal.SIGTERM, previous)
 
 
 def bench_io(lab: Lab, directory: str, params: dict[str, int], seed: int) -> dict[str, float]:
@@ -300,7 +276,7 @@ def main() -> int:
     }
     with (
         tempfile.TemporaryDirectory(prefix="hakit-replbench-", dir="/tmp") as tmp,
-        lab_up(with_daemons=not args.raw_only) as lab,
+        fresh_lab(LAB, hakitd=not args.raw_only, module=MODULE) as lab,
     ):
         work = Path(tmp)
         os.chmod(work, 0o755)

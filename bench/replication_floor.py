@@ -36,11 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchlib import REPO, git_state, run_on
+from benchlib import REPO, fresh_lab, git_state, run_on
 
 from hakit.lab import Lab
 
@@ -48,21 +47,6 @@ LAB = "hkfloor"
 PORT = 7777
 SOURCE = REPO / "bench" / "replication_floor.c"
 CASES = ("fsync", "seq")
-
-
-@contextlib.contextmanager
-def bare_lab() -> Iterator[Lab]:
-    """Two bare lab hosts (no hakitd), removed afterwards whatever happens."""
-    lab = Lab(LAB)
-    with contextlib.suppress(Exception):
-        lab.down()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        lab.up(nodes=2, client=False, hakitd=False)
-        yield lab
-    finally:
-        lab.down()
-        signal.signal(signal.SIGTERM, previous)
 
 
 def build(out: Path) -> Path:
@@ -108,7 +92,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hakit-floor-", dir="/var/tmp") as tmp:
         os.chmod(tmp, 0o755)
         binary = build(Path(tmp))
-        with bare_lab() as lab:
+        with fresh_lab(LAB, hakitd=False) as lab:
             peer = next(h.addr for h in lab.status().hosts if h.name == "node2")
             for r in range(args.rounds):
                 for kind in CASES:
