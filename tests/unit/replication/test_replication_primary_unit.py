@@ -8,10 +8,11 @@ report), and check B against A with the independent digest of :mod:`hakit.testin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from hakit.replication import messages as m
@@ -70,6 +71,25 @@ async def connect(side: Side, lost: list[str]) -> tuple[Sender, BlockSync]:
     block_sync = BlockSync(sender)
     sender.on_need(lambda frame: block_sync.on_need(m.decode_need(frame)))
     return sender, block_sync
+
+
+@contextlib.asynccontextmanager
+async def copier_to(
+    side: Side, source: Path, sink: ReplicatingSink, lost: list[str] | None = None
+) -> AsyncIterator[Copier]:
+    """A copier from ``source`` to ``side`` over a new connection ``sink`` is attached to; the
+    connection and ``side`` are closed afterwards."""
+    sender, block_sync = await connect(side, [] if lost is None else lost)
+    try:
+        sink.attach(sender)
+        root = os.open(source, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield Copier(root, sender, never, Counters(), sink=sink, block_sync=block_sync)
+        finally:
+            os.close(root)
+    finally:
+        await sender.close()
+        await side.close()
 
 
 def make_sink(
@@ -191,16 +211,8 @@ def test_alone_changes_are_journaled_then_sent_incrementally(tmp_path: Path) -> 
         # The peer comes back: the copier sends what the journal lists, nothing else.
         side = Side(b)
         lost: list[str] = []
-        sender, block_sync = await connect(side, lost)
-        try:
-            sink.attach(sender)
-            counters = Counters()
-            root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                copier = Copier(root, sender, never, counters, sink=sink, block_sync=block_sync)
-                _files, sent = await copier.run_incremental(journal, "incremental", "g2", nslog)
-            finally:
-                os.close(root)
+        async with copier_to(side, a, sink, lost) as copier:
+            _files, sent = await copier.run_incremental(journal, "incremental", "g2", nslog)
             assert side.ended == 1
             assert sent <= 2 * modified + 6 * 64 * 1024, (sent, modified)
             assert sent < 6 * 3 * 1024 * 1024 / 2, "incremental must not resend the dataset"
@@ -212,9 +224,6 @@ def test_alone_changes_are_journaled_then_sent_incrementally(tmp_path: Path) -> 
             assert journal.empty, journal.plan()
             await journal.commit()
             assert not lost and not reported
-        finally:
-            await sender.close()
-            await side.close()
 
     run(scenario)
     assert identical(a, b) == []
@@ -302,24 +311,13 @@ def test_a_file_renamed_during_the_incremental_copy_is_still_copied(tmp_path: Pa
             os.close(fd)
             rel = os.fsencode(f.relative_to(a))
             await sink.write(1, rel, 1_000_000, data, f.stat().st_mtime_ns)
-        side = Side(b)
-        sender, block_sync = await connect(side, [])
-        try:
-            sink.attach(sender)
-            root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                copier = Copier(root, sender, never, Counters(), sink=sink, block_sync=block_sync)
-                copy = asyncio.create_task(copier.run_incremental(journal, "incremental", "g2"))
-                while not sink.copying:
-                    await asyncio.sleep(0)
-                (a / "sub").rename(a / "moved")  # before the copier reached sub/
-                await sink.rename(b"sub", b"moved", 0, 0, 0)
-                await copy
-            finally:
-                os.close(root)
-        finally:
-            await sender.close()
-            await side.close()
+        async with copier_to(Side(b), a, sink) as copier:
+            copy = asyncio.create_task(copier.run_incremental(journal, "incremental", "g2"))
+            while not sink.copying:
+                await asyncio.sleep(0)
+            (a / "sub").rename(a / "moved")  # before the copier reached sub/
+            await sink.rename(b"sub", b"moved", 0, 0, 0)
+            await copy
 
     run(scenario)
     assert identical(a, b) == []
@@ -392,22 +390,9 @@ def test_a_fifo_created_while_alone_does_not_block_the_copy(tmp_path: Path) -> N
         await sink.mknod(node)
         await sink.chmod(b"fifo", 0o600)
         os.chmod(a / "fifo", 0o600)
-        side = Side(b)
-        sender, block_sync = await connect(side, [])
-        try:
-            sink.attach(sender)
-            root = os.open(a, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                copier = Copier(root, sender, never, Counters(), sink=sink, block_sync=block_sync)
-                # Opening a FIFO for reading would wait for a writer for ever.
-                await asyncio.wait_for(
-                    copier.run_incremental(journal, "incremental", "g", nslog), 10
-                )
-            finally:
-                os.close(root)
-        finally:
-            await sender.close()
-            await side.close()
+        async with copier_to(Side(b), a, sink) as copier:
+            # Opening a FIFO for reading would wait for a writer for ever.
+            await asyncio.wait_for(copier.run_incremental(journal, "incremental", "g", nslog), 10)
 
     run(scenario)
     assert (b / "fifo").is_fifo()
