@@ -35,6 +35,7 @@ suid/sgid itself (with a ``chmod`` sent as SETATTR).
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.util
 import logging
 import os
@@ -151,14 +152,14 @@ class Shim:
                 fallocate(req, ino, mode, offset, length, fh)
             except BaseException:
                 log.exception("fallocate handler failed (the application gets EIO)")
-                self.reply_err(req, 5)  # EIO
+                self.reply_err(req, errno.EIO)
 
         def on_lseek(req: int, ino: int, offset: int, whence: int, fh: int) -> None:
             try:
                 lseek(req, ino, offset, whence, fh)
             except BaseException:
                 log.exception("lseek handler failed (the application gets EIO)")
-                self.reply_err(req, 5)
+                self.reply_err(req, errno.EIO)
 
         callbacks = (_FALLOCATE(on_fallocate), _LSEEK(on_lseek))
         self._lib.hakit_shim_set_handlers(*callbacks)

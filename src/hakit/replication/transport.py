@@ -420,8 +420,8 @@ class Sender:
 Apply = Callable[[Frame], Awaitable[None]]
 
 
-class _ReceiverProtocol(asyncio.BufferedProtocol):
-    """The receiver's socket protocol after the handshake: ``recv_into`` the buffers of a
+class _FrameProtocol(asyncio.BufferedProtocol):
+    """Either end's socket protocol after the handshake: ``recv_into`` the buffers of a
     :class:`FrameReceiver`. Write-side events and the connection's loss are passed on to the
     StreamReaderProtocol it replaced, so the StreamWriter (acks, drain, wait_closed) still works."""
 
@@ -484,13 +484,11 @@ def _take_over(
     transport: asyncio.BaseTransport,
     on_frame: Callable[[Frame], None],
     on_end: Callable[[BaseException | None], None],
-) -> _ReceiverProtocol:
-    """Switch the socket from the handshake's StreamReader to a :class:`_ReceiverProtocol` that
+) -> _FrameProtocol:
+    """Switch the socket from the handshake's StreamReader to a :class:`_FrameProtocol` that
     calls ``on_frame`` for each frame, in the loop turn it arrives in; bytes the reader already
     holds (frames sent right after the handshake) are cut first."""
-    protocol = _ReceiverProtocol(
-        FrameReceiver(on_frame, MAX_FRAME), transport.get_protocol(), on_end
-    )
+    protocol = _FrameProtocol(FrameReceiver(on_frame, MAX_FRAME), transport.get_protocol(), on_end)
     transport.set_protocol(protocol)
     # StreamReader has no public way to take what it holds without waiting for more: take its
     # buffer (a bytearray in every CPython asyncio) and empty it.

@@ -102,13 +102,13 @@ def test_frames_sent_with_the_handshake_are_taken_from_the_stream_reader(
 ) -> None:
     _slow_secondary_handshake(monkeypatch, 0.3)
     fed: list[int] = []
-    real_feed = transport._ReceiverProtocol.feed
+    real_feed = transport._FrameProtocol.feed
 
-    def feed(self: transport._ReceiverProtocol, data: bytes) -> None:
+    def feed(self: transport._FrameProtocol, data: bytes) -> None:
         fed.append(len(data))
         real_feed(self, data)
 
-    monkeypatch.setattr(transport._ReceiverProtocol, "feed", feed)
+    monkeypatch.setattr(transport._FrameProtocol, "feed", feed)
     # Over twice the StreamReader's limit: it pauses the socket, which must be resumed.
     payloads = _payloads(10, MiB) + [b"small"] * 5 + _payloads(2, 100_000)
 
